@@ -1,0 +1,28 @@
+//! fdholder: the s6 fd-holding suite in Rust, wire-compatible with skalibs/s6.
+//!
+//! The modules read as the architecture, bottom up:
+//!
+//! - [`sys`]: the only `unsafe` code (POSIX regex, signalfd, credentials);
+//! - [`tain`]: TAI64N time as it travels on the wire;
+//! - [`wire`]: message framing with `SCM_RIGHTS` descriptors;
+//! - [`proto`]: requests and answers of the fd-holder protocol;
+//! - [`client`]: the client library ([`Client`]);
+//! - [`rules`]: access rules (directory or cdb), by peer uid/gid;
+//! - [`daemon`]: the core of `s6-fdholderd`;
+//! - [`cli`]: what every command-line program shares (getopt, messages,
+//!   exit codes).
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod proto;
+pub mod rules;
+pub mod sys;
+pub mod tain;
+pub mod wire;
+
+pub use client::{Client, Deadline, DumpEntry, DumpEntryRef};
+pub use tain::Tain;

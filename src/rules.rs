@@ -1,0 +1,414 @@
+//! Access rules, as s6's `accessrules` library reads them: a rules directory
+//! (read afresh for every lookup) or a rules cdb.
+//!
+//! A connection is judged from its peer's uid and gid. Keys are tried in
+//! this order, the first one present decides: `uid/self` (only if the peer
+//! uid is our euid), `uid/<uid>`, `gid/self` (peer gid is our egid),
+//! `gid/<gid>`, `uid/default`.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// One variable of a rule's environment: a name and a value, or no value
+/// when the rule unsets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    /// Variable name (no `=`, no NUL).
+    pub name: Vec<u8>,
+    /// `None` when the variable is unset.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What an allowing rule carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    /// Environment modifications, in order.
+    pub env: Vec<EnvVar>,
+    /// The `exec` string (fd-holding ignores it), empty if none.
+    pub exec: Vec<u8>,
+}
+
+impl Params {
+    /// The first value set for `name`, if any.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.env.iter().find(|v| v.name == name && v.value.is_some())?.value.as_deref()
+    }
+
+    /// Whether `name` is set (an empty value counts as set).
+    pub fn is_set(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+/// The verdict of one key, or of a whole lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed, with the rule's parameters.
+    Allow(Params),
+    /// Explicitly denied.
+    Deny,
+    /// No rule for this key.
+    NotFound,
+}
+
+/// Where the rules come from.
+#[derive(Debug)]
+pub enum Rules {
+    /// A rules directory, read at every lookup so that edits act at once.
+    Dir(PathBuf),
+    /// A rules cdb, as mapped when opened (reopen to see a new file).
+    Cdb(CdbRules),
+}
+
+/// An open rules cdb.
+pub struct CdbRules(cdb2::CDB);
+
+impl std::fmt::Debug for CdbRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CdbRules")
+    }
+}
+
+impl CdbRules {
+    /// Opens a rules cdb.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<CdbRules> {
+        Ok(CdbRules(cdb2::CDB::open(path)?))
+    }
+
+    /// Looks up one key.
+    pub fn lookup(&self, key: &str) -> io::Result<Decision> {
+        match self.0.get(key.as_bytes()) {
+            None => Ok(Decision::NotFound),
+            Some(v) => decode_value(&v?),
+        }
+    }
+}
+
+impl Rules {
+    /// Looks up one key (`uid/0`, `gid/default`, ...).
+    pub fn lookup(&self, key: &str) -> io::Result<Decision> {
+        match self {
+            Rules::Dir(dir) => lookup_dir(dir, key),
+            Rules::Cdb(c) => c.lookup(key),
+        }
+    }
+
+    /// Judges a peer by uid and gid, against this process's euid and egid.
+    pub fn check_uidgid(&self, uid: u32, gid: u32) -> io::Result<Decision> {
+        let euid = rustix::process::geteuid().as_raw();
+        let egid = rustix::process::getegid().as_raw();
+        check_uidgid_with(|k| self.lookup(k), uid, gid, euid, egid)
+    }
+}
+
+/// The key order, over any lookup function. `NotFound` from every key is
+/// returned as `NotFound` (the caller denies).
+pub fn check_uidgid_with(
+    mut lookup: impl FnMut(&str) -> io::Result<Decision>,
+    uid: u32,
+    gid: u32,
+    euid: u32,
+    egid: u32,
+) -> io::Result<Decision> {
+    let uid_key = format!("uid/{uid}");
+    let gid_key = format!("gid/{gid}");
+    let keys = [
+        (uid == euid).then_some("uid/self"),
+        Some(uid_key.as_str()),
+        (gid == egid).then_some("gid/self"),
+        Some(gid_key.as_str()),
+        Some("uid/default"),
+    ];
+    for key in keys.into_iter().flatten() {
+        match lookup(key)? {
+            Decision::NotFound => {}
+            d => return Ok(d),
+        }
+    }
+    Ok(Decision::NotFound)
+}
+
+fn readable(path: &Path) -> io::Result<bool> {
+    match rustix::fs::access(path, rustix::fs::Access::READ_OK) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::ACCESS) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Looks up `key` in a rules directory: `DIR/key/allow` allows (with
+/// `env/` and `exec`), else `DIR/key/deny` denies, else not found.
+pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
+    let base = dir.join(key);
+    if !readable(&base.join("allow"))? {
+        return Ok(if readable(&base.join("deny"))? { Decision::Deny } else { Decision::NotFound });
+    }
+    let env = match read_envdir(&base.join("env")) {
+        Ok(env) => env,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut exec = Vec::new();
+    match File::open(base.join("exec")) {
+        Ok(f) => {
+            f.take(4096).read_to_end(&mut exec)?;
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EACCES)) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(Decision::Allow(Params { env, exec }))
+}
+
+/// Reads an environment directory: each file is a variable (names starting
+/// with `.` or containing `=` are skipped); its value is the first line,
+/// trailing spaces, tabs and CRs removed, NULs turned into newlines; an
+/// empty file unsets the variable.
+pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
+    let mut env = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        if name.first() == Some(&b'.') || name.contains(&b'=') {
+            continue;
+        }
+        let f = File::open(entry.path()).map_err(|e| {
+            // The file vanished between readdir and open: as the reference.
+            if e.kind() == io::ErrorKind::NotFound { io::Error::from_raw_os_error(libc::EIDRM) } else { e }
+        })?;
+        let mut line = Vec::new();
+        BufReader::new(f).read_until(b'\n', &mut line)?;
+        let value = if line.is_empty() {
+            None
+        } else {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            while matches!(line.last(), Some(b' ' | b'\t' | b'\r')) {
+                line.pop();
+            }
+            for c in line.iter_mut() {
+                if *c == 0 {
+                    *c = b'\n';
+                }
+            }
+            Some(line)
+        };
+        env.push(EnvVar { name: name.to_vec(), value });
+    }
+    Ok(env)
+}
+
+/// Encodes an environment as the cdb stores it: `VAR=value\0` or `VAR\0`.
+pub fn encode_env(env: &[EnvVar]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in env {
+        b.extend_from_slice(&v.name);
+        if let Some(val) = &v.value {
+            b.push(b'=');
+            b.extend_from_slice(val);
+        }
+        b.push(0);
+    }
+    b
+}
+
+/// Decodes an environment blob (NUL-terminated entries).
+pub fn decode_env(b: &[u8]) -> Vec<EnvVar> {
+    b.split(|&c| c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.iter().position(|&c| c == b'=') {
+            Some(i) => EnvVar { name: s[..i].to_vec(), value: Some(s[i + 1..].to_vec()) },
+            None => EnvVar { name: s.to_vec(), value: None },
+        })
+        .collect()
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Encodes a decision as a cdb value: `D`, or `A`, envlen u16 BE, env,
+/// execlen u16 BE, exec. `None` for `NotFound` (no record).
+pub fn encode_value(d: &Decision) -> io::Result<Option<Vec<u8>>> {
+    match d {
+        Decision::NotFound => Ok(None),
+        Decision::Deny => Ok(Some(b"D".to_vec())),
+        Decision::Allow(p) => {
+            let env = encode_env(&p.env);
+            if env.len() > 4096 || p.exec.len() > 4096 {
+                return Err(io::Error::from_raw_os_error(libc::E2BIG));
+            }
+            let mut v = Vec::with_capacity(5 + env.len() + p.exec.len());
+            v.push(b'A');
+            v.extend_from_slice(&(env.len() as u16).to_be_bytes());
+            v.extend_from_slice(&env);
+            v.extend_from_slice(&(p.exec.len() as u16).to_be_bytes());
+            v.extend_from_slice(&p.exec);
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Decodes a cdb value with the reference's checks.
+pub fn decode_value(v: &[u8]) -> io::Result<Decision> {
+    if v.is_empty() || v.len() > 8197 {
+        return Err(einval());
+    }
+    match v[0] {
+        b'D' => return Ok(Decision::Deny),
+        b'A' => {}
+        _ => return Ok(Decision::NotFound),
+    }
+    if v.len() < 5 {
+        return Err(einval());
+    }
+    let envlen = u16::from_be_bytes([v[1], v[2]]) as usize;
+    if envlen > 4096 || v.len() - 5 < envlen {
+        return Err(einval());
+    }
+    let execlen = u16::from_be_bytes([v[3 + envlen], v[4 + envlen]]) as usize;
+    if execlen > 4096 || 5 + envlen + execlen != v.len() {
+        return Err(einval());
+    }
+    Ok(Decision::Allow(Params {
+        env: decode_env(&v[3..3 + envlen]),
+        exec: v[5 + envlen..].to_vec(),
+    }))
+}
+
+/// Walks a rules directory the way `s6-accessrules-cdb-from-fs` does: every
+/// `DIR/<class>/<name>` (names starting with `.` skipped) that has an
+/// `allow` or a `deny`, with its key `<class>/<name>`.
+pub fn walk_dir(dir: &Path) -> io::Result<Vec<(String, Decision)>> {
+    let mut out = Vec::new();
+    for class in std::fs::read_dir(dir)? {
+        let class = class?;
+        let cname = class.file_name();
+        if cname.as_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        for entry in std::fs::read_dir(class.path())? {
+            let entry = entry?;
+            let ename = entry.file_name();
+            if ename.as_bytes().first() == Some(&b'.') {
+                continue;
+            }
+            let key = format!("{}/{}", OsStr::to_string_lossy(&cname), OsStr::to_string_lossy(&ename));
+            match lookup_dir(dir, &key)? {
+                Decision::NotFound => {}
+                d => out.push((key, d)),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow() -> Decision {
+        Decision::Allow(Params::default())
+    }
+
+    #[test]
+    fn key_order() {
+        // (keys present, uid, gid, euid, egid) -> deciding key
+        let cases: &[(&[&str], u32, u32, &str)] = &[
+            (&["uid/self", "uid/5", "uid/default"], 5, 7, "uid/self"),
+            (&["uid/5", "gid/self", "uid/default"], 5, 7, "uid/5"),
+            (&["gid/self", "gid/7", "uid/default"], 6, 7, "gid/self"),
+            (&["gid/7", "uid/default"], 6, 7, "gid/7"),
+            (&["gid/8", "uid/default"], 6, 7, "uid/default"),
+            (&["uid/self"], 6, 7, ""),
+        ];
+        for (present, uid, gid, want) in cases {
+            let mut tried = Vec::new();
+            let d = check_uidgid_with(
+                |k| {
+                    tried.push(k.to_string());
+                    Ok(if present.contains(&k) {
+                        Decision::Allow(Params { exec: k.as_bytes().to_vec(), env: vec![] })
+                    } else {
+                        Decision::NotFound
+                    })
+                },
+                *uid,
+                *gid,
+                5,
+                7,
+            )
+            .unwrap();
+            match d {
+                Decision::Allow(p) => assert_eq!(p.exec, want.as_bytes(), "{present:?}"),
+                _ => assert_eq!(*want, "", "{present:?}"),
+            }
+        }
+        // Deny at a key stops the search.
+        let d = check_uidgid_with(
+            |k| Ok(if k == "uid/5" { Decision::Deny } else { allow() }),
+            5,
+            7,
+            0,
+            0,
+        )
+        .unwrap();
+        assert_eq!(d, Decision::Deny);
+    }
+
+    #[test]
+    fn cdb_values() {
+        let p = Params {
+            env: vec![
+                EnvVar { name: b"A".to_vec(), value: Some(b"x=y".to_vec()) },
+                EnvVar { name: b"B".to_vec(), value: None },
+                EnvVar { name: b"C".to_vec(), value: Some(vec![]) },
+            ],
+            exec: b"prog".to_vec(),
+        };
+        let v = encode_value(&Decision::Allow(p.clone())).unwrap().unwrap();
+        assert_eq!(&v[..3], &[b'A', 0, 11]);
+        assert_eq!(decode_value(&v).unwrap(), Decision::Allow(p.clone()));
+        assert!(p.is_set(b"C") && !p.is_set(b"B") && p.get(b"A") == Some(&b"x=y"[..]));
+        assert_eq!(decode_value(b"D").unwrap(), Decision::Deny);
+        assert_eq!(decode_value(b"X").unwrap(), Decision::NotFound);
+        assert!(decode_value(b"").is_err());
+        assert!(decode_value(b"A\0").is_err());
+        assert!(decode_value(&[b'A', 0, 9, 0, 0]).is_err());
+        assert!(decode_value(&[b'A', 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn envdir_semantics() {
+        let d = std::env::temp_dir().join(format!("fdholder-envdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let w = |n: &str, c: &[u8]| std::fs::write(d.join(n), c).unwrap();
+        w("EMPTY", b"");
+        w("NL", b"\n");
+        w("TRIM", b"^foo$ \t\r\nsecond line");
+        w("NONL", b"abc");
+        w("NUL", b"a\0b\n");
+        w(".hidden", b"x");
+        let mut env = read_envdir(&d).unwrap();
+        env.sort_by(|a, b| a.name.cmp(&b.name));
+        let got: Vec<(String, Option<Vec<u8>>)> =
+            env.into_iter().map(|v| (String::from_utf8(v.name).unwrap(), v.value)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("EMPTY".into(), None),
+                ("NL".into(), Some(vec![])),
+                ("NONL".into(), Some(b"abc".to_vec())),
+                ("NUL".into(), Some(b"a\nb".to_vec())),
+                ("TRIM".into(), Some(b"^foo$".to_vec())),
+            ]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,190 @@
+//! Time as the s6 suite puts it on the wire: TAI64N labels ("tain").
+//!
+//! A [`Tain`] is a TAI64 label (2^62 + seconds of TAI since 1970-01-01 TAI)
+//! and nanoseconds. It packs into 12 bytes (u64 BE then u32 BE), and its
+//! text form is `@` followed by the 24 lower-case hex digits of those bytes.
+//! The system clock is UTC; converting it to TAI adds 10 s plus the leap
+//! seconds, from the same table the reference uses.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// 2^62: the TAI64 label of 1970-01-01 00:00:00 TAI.
+pub const TAI_MAGIC: u64 = 1 << 62;
+
+/// What clients add to "now" to mean "no expiry" (2^61 s, as the reference).
+pub const INFINITE_RELATIVE: u64 = 1 << 61;
+
+/// Limits further than now + 2^60 s are treated as infinite by the tools.
+pub const HALF_INFINITE_RELATIVE: u64 = 1 << 60;
+
+/// Size of a packed tain on the wire.
+pub const PACK: usize = 12;
+
+/// UTC seconds (Unix time) at which each leap second took effect.
+const LEAP_SECONDS: [u64; 27] = [
+    78796800, 94694400, 126230400, 157766400, 189302400, 220924800, 252460800, 283996800,
+    315532800, 362793600, 394329600, 425865600, 489024000, 567993600, 631152000, 662688000,
+    709948800, 741484800, 773020800, 820454400, 867715200, 915148800, 1136073600, 1230768000,
+    1341100800, 1435708800, 1483228800,
+];
+
+/// A TAI64N timestamp: a TAI64 label and nanoseconds (0..1e9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Tain {
+    /// TAI64 label: 2^62 + TAI seconds since the epoch.
+    pub sec: u64,
+    /// Nanoseconds, below 1,000,000,000.
+    pub nano: u32,
+}
+
+fn leaps(utc: u64) -> u64 {
+    LEAP_SECONDS.iter().take_while(|&&l| utc >= l).count() as u64
+}
+
+impl Tain {
+    /// Converts Unix time (UTC seconds and nanoseconds) to TAI64N.
+    pub fn from_unix(secs: u64, nano: u32) -> Tain {
+        Tain { sec: TAI_MAGIC + secs + 10 + leaps(secs), nano }
+    }
+
+    /// Converts a system time to TAI64N (times before 1970 clamp to 1970).
+    pub fn from_system_time(t: SystemTime) -> Tain {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Tain::from_unix(d.as_secs(), d.subsec_nanos())
+    }
+
+    /// The current wall-clock time in TAI64N.
+    pub fn now() -> Tain {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+        Tain::from_unix(ts.tv_sec.max(0) as u64, ts.tv_nsec as u32)
+    }
+
+    /// Converts back to Unix seconds (UTC), or `None` before 1970.
+    pub fn to_unix(self) -> Option<u64> {
+        let tai = self.sec.checked_sub(TAI_MAGIC + 10)?;
+        // The UTC time u satisfies u + leaps(u) == tai; leaps grows slowly.
+        let mut u = tai.saturating_sub(leaps(tai));
+        while u + leaps(u) < tai {
+            u += 1;
+        }
+        Some(u)
+    }
+
+    /// `self + d`, saturating.
+    pub fn add(self, d: Duration) -> Tain {
+        let mut sec = self.sec.saturating_add(d.as_secs());
+        let mut nano = self.nano + d.subsec_nanos();
+        if nano >= 1_000_000_000 {
+            nano -= 1_000_000_000;
+            sec = sec.saturating_add(1);
+        }
+        Tain { sec, nano }
+    }
+
+    /// `self + secs` seconds, saturating.
+    pub fn add_secs(self, secs: u64) -> Tain {
+        Tain { sec: self.sec.saturating_add(secs), nano: self.nano }
+    }
+
+    /// The time left from `now` until `self`, or zero if it has passed.
+    pub fn duration_since(self, now: Tain) -> Duration {
+        if self <= now {
+            return Duration::ZERO;
+        }
+        let (mut sec, nano) = if self.nano >= now.nano {
+            (self.sec - now.sec, self.nano - now.nano)
+        } else {
+            (self.sec - now.sec - 1, self.nano + 1_000_000_000 - now.nano)
+        };
+        sec = sec.min(u64::MAX / 2);
+        Duration::new(sec, nano)
+    }
+
+    /// The limit a client sends for "no expiry": `now + 2^61 s`.
+    pub fn infinite_from(now: Tain) -> Tain {
+        now.add_secs(INFINITE_RELATIVE)
+    }
+
+    /// Whether this limit is finite as the tools see it: before
+    /// `now + 2^60 s`.
+    pub fn is_finite_from(self, now: Tain) -> bool {
+        self < now.add_secs(HALF_INFINITE_RELATIVE)
+    }
+
+    /// Packs into the 12 wire bytes.
+    pub fn pack(self) -> [u8; PACK] {
+        let mut b = [0u8; PACK];
+        b[..8].copy_from_slice(&self.sec.to_be_bytes());
+        b[8..].copy_from_slice(&self.nano.to_be_bytes());
+        b
+    }
+
+    /// Unpacks 12 wire bytes. Nanoseconds are taken as sent (the reference
+    /// does not check them either); comparisons stay total.
+    pub fn unpack(b: &[u8; PACK]) -> Tain {
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&b[..8]);
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&b[8..]);
+        Tain { sec: u64::from_be_bytes(s), nano: u32::from_be_bytes(n) }
+    }
+
+    /// The text form: `@` and 24 lower-case hex digits.
+    pub fn to_text(self) -> String {
+        format!("@{:016x}{:08x}", self.sec, self.nano)
+    }
+
+    /// Parses the text form; `None` unless it is exactly `@` + 24 hex digits.
+    pub fn from_text(s: &[u8]) -> Option<Tain> {
+        let hex = s.strip_prefix(b"@")?;
+        if hex.len() != 24 || !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let hex = std::str::from_utf8(hex).ok()?;
+        let sec = u64::from_str_radix(&hex[..16], 16).ok()?;
+        let nano = u32::from_str_radix(&hex[16..], 16).ok()?;
+        Some(Tain { sec, nano })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip() {
+        let t = Tain { sec: 0x4000_0000_6b02_1c00, nano: 0x2015_004a };
+        assert_eq!(Tain::unpack(&t.pack()), t);
+        assert_eq!(t.to_text(), "@400000006b021c002015004a");
+        assert_eq!(Tain::from_text(b"@400000006b021c002015004a"), Some(t));
+        assert_eq!(Tain::from_text(b"400000006b021c002015004a"), None);
+        assert_eq!(Tain::from_text(b"@400000006b021c002015004"), None);
+        assert_eq!(Tain::from_text(b"@400000006b021c002015004g"), None);
+    }
+
+    #[test]
+    fn leap_seconds() {
+        // Before any leap second: TAI = UTC + 10.
+        assert_eq!(Tain::from_unix(0, 0).sec, TAI_MAGIC + 10);
+        // Since 2017-01-01: TAI = UTC + 37.
+        assert_eq!(Tain::from_unix(1483228800, 0).sec, TAI_MAGIC + 1483228800 + 37);
+        assert_eq!(Tain::from_unix(1483228799, 0).sec, TAI_MAGIC + 1483228799 + 36);
+        // Observed from the reference: S6_FDLIMIT for a -T 5000 store at
+        // Unix time 1795300834 was @400000006b021e0c...
+        assert_eq!(Tain::from_unix(1795300834 + 5, 0).sec, 0x4000_0000_6b02_1e0c);
+        for u in [0, 78796799, 78796800, 1483228800, 1795300834] {
+            assert_eq!(Tain::from_unix(u, 0).to_unix(), Some(u));
+        }
+    }
+
+    #[test]
+    fn arithmetic() {
+        let t = Tain { sec: TAI_MAGIC, nano: 999_999_999 };
+        assert_eq!(t.add(Duration::from_nanos(1)), Tain { sec: TAI_MAGIC + 1, nano: 0 });
+        assert_eq!(t.add(Duration::from_nanos(2)).duration_since(t), Duration::from_nanos(2));
+        assert_eq!(t.duration_since(t.add_secs(1)), Duration::ZERO);
+        let now = Tain::now();
+        assert!(!Tain::infinite_from(now).is_finite_from(now));
+        assert!(now.add_secs(1000).is_finite_from(now));
+    }
+}
