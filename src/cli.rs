@@ -1,0 +1,201 @@
+//! What every command-line program shares, written once: POSIX getopt,
+//! messages in the skalibs style (`prog: fatal: unable to X: strerror`), the
+//! exit codes, number parsing and exec.
+//!
+//! Exit codes: 0 success, 1 the daemon refused, 100 wrong usage, 111 a system
+//! call failed; exec failures exit 127 (program not found) or 126.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::client::Deadline;
+
+/// Exit code: the daemon refused the operation.
+pub const EXIT_REFUSED: i32 = 1;
+/// Exit code: wrong usage.
+pub const EXIT_USAGE: i32 = 100;
+/// Exit code: a system call failed.
+pub const EXIT_SYS: i32 = 111;
+
+/// A program's identity: its name and its usage line.
+#[derive(Debug, Clone, Copy)]
+pub struct Prog {
+    /// Name, as it prefixes every message.
+    pub name: &'static str,
+    /// The usage line, without the `prog: usage: ` prefix.
+    pub usage: &'static str,
+}
+
+/// The text of an error as C's `strerror` gives it (no "(os error N)").
+pub fn strerror(e: &io::Error) -> String {
+    let s = e.to_string();
+    match e.raw_os_error() {
+        Some(n) => s.strip_suffix(&format!(" (os error {n})")).unwrap_or(&s).to_string(),
+        None => s,
+    }
+}
+
+impl Prog {
+    /// Prints `prog: usage: <usage>` and exits 100.
+    pub fn die_usage(&self) -> ! {
+        eprintln!("{}: usage: {}", self.name, self.usage);
+        std::process::exit(EXIT_USAGE)
+    }
+
+    /// Prints `prog: fatal: <msg>` and exits with `code`.
+    pub fn die(&self, code: i32, msg: impl std::fmt::Display) -> ! {
+        eprintln!("{}: fatal: {}", self.name, msg);
+        std::process::exit(code)
+    }
+
+    /// Prints `prog: fatal: unable to <what>: <strerror>` and exits with `code`.
+    pub fn die_unable(&self, code: i32, what: impl std::fmt::Display, e: &io::Error) -> ! {
+        self.die(code, format_args!("unable to {}: {}", what, strerror(e)))
+    }
+
+    /// Prints `prog: warning: <msg>`.
+    pub fn warn(&self, msg: impl std::fmt::Display) {
+        eprintln!("{}: warning: {}", self.name, msg);
+    }
+
+    /// Prints `prog: info: <msg>`.
+    pub fn info(&self, msg: impl std::fmt::Display) {
+        eprintln!("{}: info: {}", self.name, msg);
+    }
+
+    /// Parses the command line (without argv[0]) with POSIX getopt rules
+    /// for `optstring` (`"d:t:T:"`: a letter, `:` if it takes an argument).
+    /// Parsing stops at the first non-option or after `--`; those and what
+    /// follows are returned as operands. A bad option is a usage error.
+    pub fn getopt(&self, optstring: &str) -> (Vec<(char, OsString)>, Vec<OsString>) {
+        self.getopt_from(std::env::args_os().skip(1), optstring)
+    }
+
+    /// [`Prog::getopt`] over the given arguments.
+    pub fn getopt_from(
+        &self,
+        args: impl IntoIterator<Item = OsString>,
+        optstring: &str,
+    ) -> (Vec<(char, OsString)>, Vec<OsString>) {
+        getopt(args, optstring).unwrap_or_else(|_| self.die_usage())
+    }
+
+    /// Parses an unsigned decimal option value, or dies with usage.
+    pub fn uint(&self, s: &OsStr) -> u32 {
+        parse_uint(s).unwrap_or_else(|| self.die_usage())
+    }
+
+    /// Replaces the process with `argv`, with `env` changes applied (`None`
+    /// unsets). Exits 127 if the program is not found, 126 otherwise.
+    pub fn exec(&self, argv: &[OsString], env: &[(OsString, Option<OsString>)]) -> ! {
+        let Some((prog, args)) = argv.split_first() else { self.die_usage() };
+        let mut cmd = Command::new(prog);
+        cmd.args(args);
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let e = cmd.exec();
+        let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+        self.die_unable(code, format_args!("exec {}", prog.to_string_lossy()), &e)
+    }
+}
+
+/// The getopt engine (lexopt underneath). `Err` on an unknown option, a
+/// missing argument or a long option.
+pub fn getopt(
+    args: impl IntoIterator<Item = OsString>,
+    optstring: &str,
+) -> Result<(Vec<(char, OsString)>, Vec<OsString>), lexopt::Error> {
+    let mut p = lexopt::Parser::from_args(args);
+    let mut opts = Vec::new();
+    let mut operands = Vec::new();
+    while let Some(arg) = p.next()? {
+        match arg {
+            lexopt::Arg::Short(c) => {
+                let i = optstring.find(c).filter(|_| c != ':').ok_or(lexopt::Error::UnexpectedOption(c.to_string()))?;
+                if optstring[i + c.len_utf8()..].starts_with(':') {
+                    opts.push((c, p.value()?));
+                } else {
+                    opts.push((c, OsString::new()));
+                }
+            }
+            lexopt::Arg::Long(l) => return Err(lexopt::Error::UnexpectedOption(format!("--{l}"))),
+            lexopt::Arg::Value(v) => {
+                operands.push(v);
+                operands.extend(p.raw_args()?);
+                break;
+            }
+        }
+    }
+    Ok((opts, operands))
+}
+
+/// Parses an unsigned decimal number as skalibs' `uint0_scan`: digits only,
+/// the whole string, no sign.
+pub fn parse_uint(s: &OsStr) -> Option<u32> {
+    let b = s.as_bytes();
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// A deadline `ms` milliseconds from now; 0 means none.
+pub fn deadline_ms(ms: u32) -> Deadline {
+    (ms != 0).then(|| Instant::now() + Duration::from_millis(ms.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn go(args: &[&str], optstring: &str) -> Result<(Vec<(char, String)>, Vec<String>), ()> {
+        getopt(args.iter().map(OsString::from), optstring)
+            .map(|(o, a)| {
+                (
+                    o.into_iter().map(|(c, v)| (c, v.into_string().unwrap())).collect(),
+                    a.into_iter().map(|v| v.into_string().unwrap()).collect(),
+                )
+            })
+            .map_err(|_| ())
+    }
+
+    #[test]
+    fn posix_getopt() {
+        let (o, a) = go(&["-Dt", "100", "sock", "id", "prog", "-x"], "Dt:").unwrap();
+        assert_eq!(o, vec![('D', "".into()), ('t', "100".into())]);
+        assert_eq!(a, vec!["sock", "id", "prog", "-x"]);
+        let (o, a) = go(&["-t100", "--", "-sock"], "t:").unwrap();
+        assert_eq!(o, vec![('t', "100".into())]);
+        assert_eq!(a, vec!["-sock"]);
+        let (o, a) = go(&["-", "x"], "t:").unwrap();
+        assert!(o.is_empty());
+        assert_eq!(a, vec!["-", "x"]);
+        assert!(go(&["-x"], "t:").is_err());
+        assert!(go(&["-t"], "t:").is_err());
+        assert!(go(&["--long"], "t:").is_err());
+        assert!(go(&["-:"], "t:").is_err());
+    }
+
+    #[test]
+    fn uints() {
+        assert_eq!(parse_uint(OsStr::new("0")), Some(0));
+        assert_eq!(parse_uint(OsStr::new("4294967295")), Some(u32::MAX));
+        assert_eq!(parse_uint(OsStr::new("4294967296")), None);
+        assert_eq!(parse_uint(OsStr::new("+1")), None);
+        assert_eq!(parse_uint(OsStr::new("")), None);
+        assert_eq!(parse_uint(OsStr::new("1x")), None);
+    }
+
+    #[test]
+    fn strerror_text() {
+        assert_eq!(strerror(&io::Error::from_raw_os_error(libc::EBUSY)), "Device or resource busy");
+    }
+}

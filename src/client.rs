@@ -82,7 +82,7 @@ pub struct Client {
 }
 
 fn timed_out() -> io::Error {
-    io::Error::from(io::ErrorKind::TimedOut)
+    io::Error::from_raw_os_error(libc::ETIMEDOUT)
 }
 
 /// Waits until `fd` is ready for `events` or the deadline passes.
