@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::client::Deadline;
+use crate::client::{Client, Deadline};
 
 /// Exit code: the daemon refused the operation.
 pub const EXIT_REFUSED: i32 = 1;
@@ -34,7 +34,10 @@ pub struct Prog {
 pub fn strerror(e: &io::Error) -> String {
     let s = e.to_string();
     match e.raw_os_error() {
-        Some(n) => s.strip_suffix(&format!(" (os error {n})")).unwrap_or(&s).to_string(),
+        Some(n) => s
+            .strip_suffix(&format!(" (os error {n})"))
+            .unwrap_or(&s)
+            .to_string(),
         None => s,
     }
 }
@@ -71,16 +74,12 @@ impl Prog {
     /// for `optstring` (`"d:t:T:"`: a letter, `:` if it takes an argument).
     /// Parsing stops at the first non-option or after `--`; those and what
     /// follows are returned as operands. A bad option is a usage error.
-    pub fn getopt(&self, optstring: &str) -> (Vec<(char, OsString)>, Vec<OsString>) {
+    pub fn getopt(&self, optstring: &str) -> Parsed {
         self.getopt_from(std::env::args_os().skip(1), optstring)
     }
 
     /// [`Prog::getopt`] over the given arguments.
-    pub fn getopt_from(
-        &self,
-        args: impl IntoIterator<Item = OsString>,
-        optstring: &str,
-    ) -> (Vec<(char, OsString)>, Vec<OsString>) {
+    pub fn getopt_from(&self, args: impl IntoIterator<Item = OsString>, optstring: &str) -> Parsed {
         getopt(args, optstring).unwrap_or_else(|_| self.die_usage())
     }
 
@@ -89,10 +88,32 @@ impl Prog {
         parse_uint(s).unwrap_or_else(|| self.die_usage())
     }
 
+    /// Parses a `-t timeout` value (milliseconds, 0 = none) into a deadline.
+    pub fn timeout(&self, s: &OsStr) -> Deadline {
+        deadline_ms(self.uint(s))
+    }
+
+    /// Connects to the daemon at `path`, or dies 111 with the reference's
+    /// message (`what` is "" or e.g. "source ").
+    pub fn connect(&self, what: &str, path: &OsStr, deadline: Deadline) -> Client {
+        Client::connect(path, deadline).unwrap_or_else(|e| {
+            self.die_unable(
+                EXIT_SYS,
+                format_args!(
+                    "connect to a {what}fd-holder daemon at {}",
+                    path.to_string_lossy()
+                ),
+                &e,
+            )
+        })
+    }
+
     /// Replaces the process with `argv`, with `env` changes applied (`None`
     /// unsets). Exits 127 if the program is not found, 126 otherwise.
     pub fn exec(&self, argv: &[OsString], env: &[(OsString, Option<OsString>)]) -> ! {
-        let Some((prog, args)) = argv.split_first() else { self.die_usage() };
+        let Some((prog, args)) = argv.split_first() else {
+            self.die_usage()
+        };
         let mut cmd = Command::new(prog);
         cmd.args(args);
         for (k, v) in env {
@@ -102,24 +123,61 @@ impl Prog {
             };
         }
         let e = cmd.exec();
-        let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+        let code = if e.kind() == io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
         self.die_unable(code, format_args!("exec {}", prog.to_string_lossy()), &e)
     }
 }
+
+/// Appends `id` quoted as `s6-fdholder-list` prints it: `\a \b \t \n \v
+/// \f \r` and `\\`, `\0xHH` (lower-case hex) for other controls, DEL and
+/// bytes from 0x80; everything else as is.
+pub fn quote(out: &mut Vec<u8>, id: &[u8]) {
+    for &c in id {
+        let esc = match c {
+            0x07 => b'a',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0b => b'v',
+            0x0c => b'f',
+            b'\r' => b'r',
+            b'\\' => b'\\',
+            0x20..=0x7e => {
+                out.push(c);
+                continue;
+            }
+            _ => {
+                out.extend_from_slice(format!("\\0x{c:02x}").as_bytes());
+                continue;
+            }
+        };
+        out.extend_from_slice(&[b'\\', esc]);
+    }
+}
+
+/// Options (letter, argument or empty) and operands, as getopt returns them.
+pub type Parsed = (Vec<(char, OsString)>, Vec<OsString>);
 
 /// The getopt engine (lexopt underneath). `Err` on an unknown option, a
 /// missing argument or a long option.
 pub fn getopt(
     args: impl IntoIterator<Item = OsString>,
     optstring: &str,
-) -> Result<(Vec<(char, OsString)>, Vec<OsString>), lexopt::Error> {
+) -> Result<Parsed, lexopt::Error> {
     let mut p = lexopt::Parser::from_args(args);
     let mut opts = Vec::new();
     let mut operands = Vec::new();
     while let Some(arg) = p.next()? {
         match arg {
             lexopt::Arg::Short(c) => {
-                let i = optstring.find(c).filter(|_| c != ':').ok_or(lexopt::Error::UnexpectedOption(c.to_string()))?;
+                let i = optstring
+                    .find(c)
+                    .filter(|_| c != ':')
+                    .ok_or(lexopt::Error::UnexpectedOption(c.to_string()))?;
                 if optstring[i + c.len_utf8()..].starts_with(':') {
                     opts.push((c, p.value()?));
                 } else {
@@ -147,6 +205,18 @@ pub fn parse_uint(s: &OsStr) -> Option<u32> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+/// Parses a comma-separated list of gids (`-G`); the empty string is the
+/// empty list.
+pub fn parse_gidlist(s: &OsStr) -> Option<Vec<u32>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.as_bytes()
+        .split(|&c| c == b',')
+        .map(|g| parse_uint(OsStr::from_bytes(g)))
+        .collect()
+}
+
 /// A deadline `ms` milliseconds from now; 0 means none.
 pub fn deadline_ms(ms: u32) -> Deadline {
     (ms != 0).then(|| Instant::now() + Duration::from_millis(ms.into()))
@@ -156,11 +226,15 @@ pub fn deadline_ms(ms: u32) -> Deadline {
 mod tests {
     use super::*;
 
-    fn go(args: &[&str], optstring: &str) -> Result<(Vec<(char, String)>, Vec<String>), ()> {
+    type Strings = (Vec<(char, String)>, Vec<String>);
+
+    fn go(args: &[&str], optstring: &str) -> Result<Strings, ()> {
         getopt(args.iter().map(OsString::from), optstring)
             .map(|(o, a)| {
                 (
-                    o.into_iter().map(|(c, v)| (c, v.into_string().unwrap())).collect(),
+                    o.into_iter()
+                        .map(|(c, v)| (c, v.into_string().unwrap()))
+                        .collect(),
                     a.into_iter().map(|v| v.into_string().unwrap()).collect(),
                 )
             })
@@ -196,6 +270,9 @@ mod tests {
 
     #[test]
     fn strerror_text() {
-        assert_eq!(strerror(&io::Error::from_raw_os_error(libc::EBUSY)), "Device or resource busy");
+        assert_eq!(
+            strerror(&io::Error::from_raw_os_error(libc::EBUSY)),
+            "Device or resource busy"
+        );
     }
 }

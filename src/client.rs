@@ -59,7 +59,11 @@ pub struct DumpEntry {
 impl DumpEntry {
     /// A borrowed view, for [`Client::setdump`].
     pub fn as_ref(&self) -> DumpEntryRef<'_> {
-        DumpEntryRef { id: &self.id, fd: self.fd.as_fd(), limit: self.limit }
+        DumpEntryRef {
+            id: &self.id,
+            fd: self.fd.as_fd(),
+            limit: self.limit,
+        }
     }
 }
 
@@ -95,7 +99,10 @@ fn wait(fd: BorrowedFd<'_>, events: PollFlags, deadline: Deadline) -> io::Result
                 if left.is_zero() {
                     return Err(timed_out());
                 }
-                Some(Timespec::try_from(left).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?)
+                Some(
+                    Timespec::try_from(left)
+                        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+                )
             }
         };
         let mut pfd = [PollFd::new(&fd, events)];
@@ -112,7 +119,12 @@ impl Client {
     /// Connects to the daemon listening on `path`.
     pub fn connect(path: impl AsRef<Path>, deadline: Deadline) -> io::Result<Client> {
         let addr = SocketAddrUnix::new(path.as_ref())?;
-        let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         if let Some(d) = deadline {
             // A Unix connect only blocks while the listener's backlog is
             // full; SO_SNDTIMEO bounds that wait.
@@ -120,22 +132,35 @@ impl Client {
             if left.is_zero() {
                 return Err(timed_out());
             }
-            rustix::net::sockopt::set_socket_timeout(&sock, rustix::net::sockopt::Timeout::Send, Some(left))?;
+            rustix::net::sockopt::set_socket_timeout(
+                &sock,
+                rustix::net::sockopt::Timeout::Send,
+                Some(left),
+            )?;
         }
         match rustix::net::connect(&sock, &addr) {
             Ok(()) => {}
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INPROGRESS) => return Err(timed_out()),
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INPROGRESS) => {
+                return Err(timed_out());
+            }
             Err(e) => return Err(e.into()),
         }
         if deadline.is_some() {
-            rustix::net::sockopt::set_socket_timeout(&sock, rustix::net::sockopt::Timeout::Send, None)?;
+            rustix::net::sockopt::set_socket_timeout(
+                &sock,
+                rustix::net::sockopt::Timeout::Send,
+                None,
+            )?;
         }
         Ok(Client::from_fd(sock))
     }
 
     /// Uses `sock`, a stream socket already connected to a daemon.
     pub fn from_fd(sock: OwnedFd) -> Client {
-        Client { sock, rx: Receiver::new(wire::MAX_LEN) }
+        Client {
+            sock,
+            rx: Receiver::new(wire::MAX_LEN),
+        }
     }
 
     /// Gives the connection back.
@@ -151,7 +176,12 @@ impl Client {
         Ok(())
     }
 
-    fn send(&mut self, payload: Vec<u8>, fds: Vec<BorrowedFd<'_>>, deadline: Deadline) -> io::Result<()> {
+    fn send(
+        &mut self,
+        payload: Vec<u8>,
+        fds: Vec<BorrowedFd<'_>>,
+        deadline: Deadline,
+    ) -> io::Result<()> {
         let mut tx = Sender::new();
         tx.push(payload, fds);
         // Most requests go out in one write; only then make sure of O_NONBLOCK
@@ -170,7 +200,7 @@ impl Client {
 
     fn recv(&mut self, deadline: Deadline) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         loop {
-            if let Some((payload, fds)) = self.rx.next()? {
+            if let Some((payload, fds)) = self.rx.take_message()? {
                 return Ok((payload.to_vec(), fds));
             }
             match self.rx.fill(self.sock.as_fd()) {
@@ -196,7 +226,13 @@ impl Client {
     }
 
     /// Stores a copy of `fd` under `id`, until `limit` (`None`: no expiry).
-    pub fn store(&mut self, fd: BorrowedFd<'_>, id: &[u8], limit: Option<Tain>, deadline: Deadline) -> io::Result<()> {
+    pub fn store(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        id: &[u8],
+        limit: Option<Tain>,
+        deadline: Deadline,
+    ) -> io::Result<()> {
         proto::check_id(id)?;
         let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
         self.send(proto::store(id, limit), vec![fd], deadline)?;
@@ -210,7 +246,12 @@ impl Client {
         self.recv_status(deadline)
     }
 
-    fn retrieve_maybe_delete(&mut self, id: &[u8], delete: bool, deadline: Deadline) -> io::Result<OwnedFd> {
+    fn retrieve_maybe_delete(
+        &mut self,
+        id: &[u8],
+        delete: bool,
+        deadline: Deadline,
+    ) -> io::Result<OwnedFd> {
         proto::check_id(id)?;
         self.send(proto::retrieve(id, delete), vec![], deadline)?;
         let (ans, mut fds) = self.recv(deadline)?;
@@ -264,7 +305,11 @@ impl Client {
             }
             let entries = proto::parse_entries(&payload, fds.len()).ok_or_else(proto::eproto)?;
             for ((limit, id), fd) in entries.into_iter().zip(fds) {
-                dump.push(DumpEntry { id: id.to_bytes().to_vec(), fd, limit });
+                dump.push(DumpEntry {
+                    id: id.to_bytes().to_vec(),
+                    fd,
+                    limit,
+                });
             }
         }
         if dump.len() != total {
@@ -279,7 +324,8 @@ impl Client {
         for e in dump {
             proto::check_id(e.id)?;
         }
-        let total = u32::try_from(dump.len()).map_err(|_| io::Error::from_raw_os_error(libc::ENFILE))?;
+        let total =
+            u32::try_from(dump.len()).map_err(|_| io::Error::from_raw_os_error(libc::ENFILE))?;
         self.send(proto::setdump(total), vec![], deadline)?;
         let (ans, fds) = self.recv(deadline)?;
         let body = proto::answer_error(&ans)?;
@@ -288,7 +334,12 @@ impl Client {
         }
         let n = dump.len().div_ceil(MAX_FDS);
         for (i, chunk) in dump.chunks(MAX_FDS).enumerate() {
-            let mut payload = Vec::with_capacity(1 + chunk.iter().map(|e| proto::entry_len(e.id.len())).sum::<usize>());
+            let mut payload = Vec::with_capacity(
+                1 + chunk
+                    .iter()
+                    .map(|e| proto::entry_len(e.id.len()))
+                    .sum::<usize>(),
+            );
             payload.push(proto::OP_SETDUMP_CHUNK);
             for e in chunk {
                 proto::push_entry(&mut payload, e.limit, e.id);

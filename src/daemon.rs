@@ -95,7 +95,11 @@ pub struct Store {
 
 impl Store {
     fn new(max: usize) -> Store {
-        Store { by_id: HashMap::new(), by_limit: BTreeSet::new(), max }
+        Store {
+            by_id: HashMap::new(),
+            by_limit: BTreeSet::new(),
+            max,
+        }
     }
 
     /// Number of fds held.
@@ -113,7 +117,13 @@ impl Store {
         if limit.is_finite_from(now) {
             self.by_limit.insert((limit, id.into()));
         }
-        self.by_id.insert(id.into(), Held { fd: Rc::new(fd), limit });
+        self.by_id.insert(
+            id.into(),
+            Held {
+                fd: Rc::new(fd),
+                limit,
+            },
+        );
     }
 
     fn remove(&mut self, id: &[u8]) -> Option<Rc<OwnedFd>> {
@@ -212,15 +222,32 @@ pub fn open_rules(cfg: &RulesConfig) -> io::Result<Rules> {
 /// over. Returns the exit code: bit 0 set if fds were still held, bit 1 if
 /// connections were still open. `ready` is called once the daemon is about
 /// to serve (it implements `-1`).
-pub fn run(listener: BorrowedFd<'_>, cfg: Config, rules: Rules, ready: impl FnOnce()) -> io::Result<i32> {
+pub fn run(
+    listener: BorrowedFd<'_>,
+    cfg: Config,
+    rules: Rules,
+    ready: impl FnOnce(),
+) -> io::Result<i32> {
     sys::ignore_sigpipe()?;
     let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP])?;
     let fl = rustix::fs::fcntl_getfl(listener)?;
     rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(&ep, listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN)?;
-    epoll::add(&ep, &signals, epoll::EventData::new_u64(TOKEN_SIGNALS), epoll::EventFlags::IN)?;
-    let log = Log { verbosity: cfg.verbosity };
+    epoll::add(
+        &ep,
+        listener,
+        epoll::EventData::new_u64(TOKEN_LISTENER),
+        epoll::EventFlags::IN,
+    )?;
+    epoll::add(
+        &ep,
+        &signals,
+        epoll::EventData::new_u64(TOKEN_SIGNALS),
+        epoll::EventFlags::IN,
+    )?;
+    let log = Log {
+        verbosity: cfg.verbosity,
+    };
     let mut d = Daemon {
         store: Store::new(cfg.maxfds as usize),
         conns: Vec::new(),
@@ -245,7 +272,12 @@ impl Daemon<'_> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         loop {
             if let Some(lameduck) = self.lameduck {
-                if !self.conns.iter().flatten().any(|c| !c.st.tx.is_empty() || !c.rx.is_empty()) {
+                if !self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .any(|c| !c.st.tx.is_empty() || !c.rx.is_empty())
+                {
                     break;
                 }
                 if lameduck.is_some_and(|t| t <= Instant::now()) {
@@ -254,7 +286,11 @@ impl Daemon<'_> {
             }
             let timeout = self.next_timeout();
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(err(e)),
@@ -277,7 +313,10 @@ impl Daemon<'_> {
     /// accept backoff or lame-duck deadline, whichever comes first.
     fn next_timeout(&self) -> Option<rustix::event::Timespec> {
         let now = Instant::now();
-        let mut until: Option<Duration> = self.store.next_expiry().map(|t| t.duration_since(Tain::now()));
+        let mut until: Option<Duration> = self
+            .store
+            .next_expiry()
+            .map(|t| t.duration_since(Tain::now()));
         let mut consider = |i: Option<Instant>| {
             if let Some(i) = i {
                 let d = i.saturating_duration_since(now);
@@ -293,21 +332,23 @@ impl Daemon<'_> {
             // Round up to the next millisecond so that a wake-up is never early.
             let d = d.min(Duration::from_secs(86400)) + Duration::from_nanos(999_999);
             let d = Duration::from_millis(d.as_millis() as u64);
-            rustix::event::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 }
+            rustix::event::Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            }
         })
     }
 
     fn handle_signals(&mut self) -> io::Result<()> {
         while let Some(sig) = sys::read_signal(&self.signals)? {
             match sig as i32 {
-                libc::SIGTERM => {
-                    if self.lameduck.is_none() {
-                        self.log.info(format_args!("received SIGTERM, entering lame duck mode"));
-                        self.lameduck = Some(self.cfg.lameduck_timeout.map(|t| Instant::now() + t));
-                        // Idle clients may now be left alone: stop reading them.
-                        for i in 0..self.conns.len() {
-                            self.update_interest(i);
-                        }
+                libc::SIGTERM if self.lameduck.is_none() => {
+                    self.log
+                        .info(format_args!("received SIGTERM, entering lame duck mode"));
+                    self.lameduck = Some(self.cfg.lameduck_timeout.map(|t| Instant::now() + t));
+                    // Idle clients may now be left alone: stop reading them.
+                    for i in 0..self.conns.len() {
+                        self.update_interest(i);
                     }
                 }
                 libc::SIGHUP => self.reload_rules(),
@@ -318,11 +359,14 @@ impl Daemon<'_> {
     }
 
     fn reload_rules(&mut self) {
-        let RulesConfig::Cdb(path) = &self.cfg.rules else { return };
+        let RulesConfig::Cdb(path) = &self.cfg.rules else {
+            return;
+        };
         match CdbRules::open(path) {
             Ok(c) => {
                 self.rules = Rules::Cdb(c);
-                self.log.info(format_args!("reloaded rules from {}", path.display()));
+                self.log
+                    .info(format_args!("reloaded rules from {}", path.display()));
             }
             Err(e) => self.log.warn(format_args!(
                 "unable to reload rules from {}, keeping the previous ones: {}",
@@ -343,7 +387,12 @@ impl Daemon<'_> {
             && self.accept_backoff.is_none();
         if want != self.accepting {
             let r = if want {
-                epoll::add(&self.epoll, self.listener, epoll::EventData::new_u64(TOKEN_LISTENER), epoll::EventFlags::IN)
+                epoll::add(
+                    &self.epoll,
+                    self.listener,
+                    epoll::EventData::new_u64(TOKEN_LISTENER),
+                    epoll::EventFlags::IN,
+                )
             } else {
                 epoll::delete(&self.epoll, self.listener)
             };
@@ -355,14 +404,20 @@ impl Daemon<'_> {
 
     fn accept_clients(&mut self) {
         while self.accepting && self.lameduck.is_none() && self.nconns < self.cfg.maxconn as usize {
-            match rustix::net::accept_with(self.listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+            match rustix::net::accept_with(
+                self.listener,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
                 Ok(sock) => self.new_connection(sock),
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::CONNABORTED) => {}
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of
                     // spinning on a readable listener, and serve the others.
-                    self.log.warn(format_args!("unable to accept: {}", crate::cli::strerror(&err(e))));
+                    self.log.warn(format_args!(
+                        "unable to accept: {}",
+                        crate::cli::strerror(&err(e))
+                    ));
                     self.accept_backoff = Some(Instant::now() + Duration::from_millis(100));
                     break;
                 }
@@ -375,16 +430,21 @@ impl Daemon<'_> {
         let cred = match rustix::net::sockopt::socket_peercred(&sock) {
             Ok(c) => c,
             Err(e) => {
-                self.log.warn(format_args!("unable to getpeereid: {}", crate::cli::strerror(&err(e))));
+                self.log.warn(format_args!(
+                    "unable to getpeereid: {}",
+                    crate::cli::strerror(&err(e))
+                ));
                 return;
             }
         };
         let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
         let Some(rights) = self.rights_for(uid, gid) else {
-            self.log.info(format_args!("refused connection from uid {uid} gid {gid}"));
+            self.log
+                .info(format_args!("refused connection from uid {uid} gid {gid}"));
             return;
         };
-        self.log.info(format_args!("accepted connection from uid {uid} gid {gid}"));
+        self.log
+            .info(format_args!("accepted connection from uid {uid} gid {gid}"));
         let slot = match self.conns.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -393,15 +453,28 @@ impl Daemon<'_> {
             }
         };
         let interest = epoll::EventFlags::IN;
-        if let Err(e) = epoll::add(&self.epoll, &sock, epoll::EventData::new_u64(slot as u64), interest) {
-            self.log.warn(format_args!("unable to register a connection: {}", crate::cli::strerror(&err(e))));
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &sock,
+            epoll::EventData::new_u64(slot as u64),
+            interest,
+        ) {
+            self.log.warn(format_args!(
+                "unable to register a connection: {}",
+                crate::cli::strerror(&err(e))
+            ));
             return;
         }
         let deadline = self.cfg.client_timeout.map(|t| Instant::now() + t);
         self.conns[slot] = Some(Conn {
             sock,
             rx: Receiver::new(proto::MAX_REQUEST),
-            st: ConnState { tx: Sender::new(), rights, dumping: 0, deadline },
+            st: ConnState {
+                tx: Sender::new(),
+                rights,
+                dumping: 0,
+                deadline,
+            },
             interest,
         });
         self.nconns += 1;
@@ -413,12 +486,17 @@ impl Daemon<'_> {
             Ok(Decision::Allow(p)) => p,
             Ok(_) => return None,
             Err(e) => {
-                self.log.warn(format_args!("error while checking rules: {}", crate::cli::strerror(&e)));
+                self.log.warn(format_args!(
+                    "error while checking rules: {}",
+                    crate::cli::strerror(&e)
+                ));
                 return None;
             }
         };
         if !params.exec.is_empty() {
-            self.log.warn(format_args!("unused exec string in rules for uid {uid} gid {gid}"));
+            self.log.warn(format_args!(
+                "unused exec string in rules for uid {uid} gid {gid}"
+            ));
         }
         let mut rights = Rights {
             list: params.is_set(b"S6_FDHOLDER_LIST"),
@@ -472,8 +550,12 @@ impl Daemon<'_> {
     fn drop_late_clients(&mut self) {
         let now = Instant::now();
         for i in 0..self.conns.len() {
-            if self.conns[i].as_ref().is_some_and(|c| c.st.deadline.is_some_and(|d| d <= now)) {
-                self.log.info(format_args!("dropping a client that timed out"));
+            if self.conns[i]
+                .as_ref()
+                .is_some_and(|c| c.st.deadline.is_some_and(|d| d <= now))
+            {
+                self.log
+                    .info(format_args!("dropping a client that timed out"));
                 self.drop_conn(i);
             }
         }
@@ -481,7 +563,9 @@ impl Daemon<'_> {
 
     fn handle_conn(&mut self, i: usize, flags: epoll::EventFlags) {
         let lameduck = self.lameduck.is_some();
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
         let mut eof = false;
         if flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
             && (!lameduck || !c.rx.is_empty())
@@ -489,7 +573,9 @@ impl Daemon<'_> {
             match c.rx.fill(c.sock.as_fd()) {
                 Ok(0) => eof = true,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.drop_conn(i),
             }
         }
@@ -503,7 +589,9 @@ impl Daemon<'_> {
     /// finish a partial request), output while answers wait.
     fn update_interest(&mut self, i: usize) {
         let lameduck = self.lameduck.is_some();
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
         let mut want = epoll::EventFlags::empty();
         if c.st.tx.is_empty() {
             if !lameduck || !c.rx.is_empty() {
@@ -513,7 +601,14 @@ impl Daemon<'_> {
             want |= epoll::EventFlags::OUT;
         }
         if want != c.interest {
-            if epoll::modify(&self.epoll, &c.sock, epoll::EventData::new_u64(i as u64), want).is_err() {
+            if epoll::modify(
+                &self.epoll,
+                &c.sock,
+                epoll::EventData::new_u64(i as u64),
+                want,
+            )
+            .is_err()
+            {
                 return self.drop_conn(i);
             }
             c.interest = want;
@@ -535,7 +630,7 @@ fn service(c: &mut Conn, store: &mut Store, cfg: &Config) -> Result<(), Protocol
             Ok(false) => return Ok(()),
             Err(_) => return Err(ProtocolError),
         }
-        match c.rx.next() {
+        match c.rx.take_message() {
             Ok(Some((payload, fds))) => handle_request(&mut c.st, store, cfg, payload, fds)?,
             Ok(None) => return Ok(()),
             Err(_) => return Err(ProtocolError),

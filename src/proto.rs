@@ -145,7 +145,10 @@ pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
         OP_RETRIEVE => {
             let (&flag, rest) = body.split_first()?;
             let (id, rest) = take_id(rest)?;
-            (nfds == 0 && rest.is_empty()).then_some(Request::Retrieve { id, delete: flag != 0 })?
+            (nfds == 0 && rest.is_empty()).then_some(Request::Retrieve {
+                id,
+                delete: flag != 0,
+            })?
         }
         OP_LIST => (nfds == 0 && body.is_empty()).then_some(Request::List)?,
         OP_GETDUMP => (nfds == 0 && body.is_empty()).then_some(Request::GetDump)?,
@@ -157,7 +160,9 @@ pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
             if nfds == 0 {
                 return None;
             }
-            Request::SetDumpChunk { entries: parse_entries(body, nfds)? }
+            Request::SetDumpChunk {
+                entries: parse_entries(body, nfds)?,
+            }
         }
         _ => return None,
     };
@@ -259,21 +264,45 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let t = Tain { sec: 1 << 62, nano: 5 };
+        let t = Tain {
+            sec: 1 << 62,
+            nano: 5,
+        };
         let b = store(b"foo", t);
         assert_eq!(b.len(), 1 + 12 + 1 + 3 + 1);
         let idc = id(b"foo");
         let foo = CStr::from_bytes_with_nul(&idc).unwrap();
-        assert_eq!(parse_request(&b, 1), Some(Request::Store { limit: t, id: foo }));
+        assert_eq!(
+            parse_request(&b, 1),
+            Some(Request::Store { limit: t, id: foo })
+        );
         assert_eq!(parse_request(&b, 0), None);
         assert_eq!(parse_request(&b, 2), None);
-        assert_eq!(parse_request(&delete(b"foo"), 0), Some(Request::Delete { id: foo }));
+        assert_eq!(
+            parse_request(&delete(b"foo"), 0),
+            Some(Request::Delete { id: foo })
+        );
         assert_eq!(parse_request(&delete(b"foo"), 1), None);
-        assert_eq!(parse_request(&retrieve(b"foo", true), 0), Some(Request::Retrieve { id: foo, delete: true }));
-        assert_eq!(parse_request(&retrieve(b"foo", false), 0), Some(Request::Retrieve { id: foo, delete: false }));
+        assert_eq!(
+            parse_request(&retrieve(b"foo", true), 0),
+            Some(Request::Retrieve {
+                id: foo,
+                delete: true
+            })
+        );
+        assert_eq!(
+            parse_request(&retrieve(b"foo", false), 0),
+            Some(Request::Retrieve {
+                id: foo,
+                delete: false
+            })
+        );
         assert_eq!(parse_request(b"L", 0), Some(Request::List));
         assert_eq!(parse_request(b"?", 0), Some(Request::GetDump));
-        assert_eq!(parse_request(&setdump(300), 0), Some(Request::SetDump { total: 300 }));
+        assert_eq!(
+            parse_request(&setdump(300), 0),
+            Some(Request::SetDump { total: 300 })
+        );
         let mut chunk = vec![OP_SETDUMP_CHUNK];
         push_entry(&mut chunk, t, b"foo");
         push_entry(&mut chunk, t, b"bar");
@@ -309,9 +338,18 @@ mod tests {
     fn ids_checked_client_side() {
         assert!(check_id(b"a").is_ok());
         assert!(check_id(&[b'x'; 255]).is_ok());
-        assert_eq!(check_id(&[b'x'; 256]).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
-        assert_eq!(check_id(b"").unwrap_err().raw_os_error(), Some(libc::EINVAL));
-        assert_eq!(check_id(b"a\0b").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(
+            check_id(&[b'x'; 256]).unwrap_err().raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
+        assert_eq!(
+            check_id(b"").unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            check_id(b"a\0b").unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
     }
 
     #[test]
@@ -319,8 +357,16 @@ mod tests {
         let ids: Vec<&[u8]> = vec![b"a", b"bc\t"];
         let ans = list_answer(ids.iter().copied());
         let body = answer_error(&ans).unwrap();
-        assert_eq!(parse_list(body).unwrap(), vec![b"a".to_vec(), b"bc\t".to_vec()]);
+        assert_eq!(
+            parse_list(body).unwrap(),
+            vec![b"a".to_vec(), b"bc\t".to_vec()]
+        );
         assert_eq!(parse_list(&body[..body.len() - 1]), None);
-        assert_eq!(answer_error(&[libc::EPERM as u8]).unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(
+            answer_error(&[libc::EPERM as u8])
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EPERM)
+        );
     }
 }

@@ -34,7 +34,11 @@ pub struct Params {
 impl Params {
     /// The first value set for `name`, if any.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.env.iter().find(|v| v.name == name && v.value.is_some())?.value.as_deref()
+        self.env
+            .iter()
+            .find(|v| v.name == name && v.value.is_some())?
+            .value
+            .as_deref()
     }
 
     /// Whether `name` is set (an empty value counts as set).
@@ -144,7 +148,11 @@ fn readable(path: &Path) -> io::Result<bool> {
 pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
     let base = dir.join(key);
     if !readable(&base.join("allow"))? {
-        return Ok(if readable(&base.join("deny"))? { Decision::Deny } else { Decision::NotFound });
+        return Ok(if readable(&base.join("deny"))? {
+            Decision::Deny
+        } else {
+            Decision::NotFound
+        });
     }
     let env = match read_envdir(&base.join("env")) {
         Ok(env) => env,
@@ -177,7 +185,11 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
         }
         let f = File::open(entry.path()).map_err(|e| {
             // The file vanished between readdir and open: as the reference.
-            if e.kind() == io::ErrorKind::NotFound { io::Error::from_raw_os_error(libc::EIDRM) } else { e }
+            if e.kind() == io::ErrorKind::NotFound {
+                io::Error::from_raw_os_error(libc::EIDRM)
+            } else {
+                e
+            }
         })?;
         let mut line = Vec::new();
         BufReader::new(f).read_until(b'\n', &mut line)?;
@@ -197,7 +209,10 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
             }
             Some(line)
         };
-        env.push(EnvVar { name: name.to_vec(), value });
+        env.push(EnvVar {
+            name: name.to_vec(),
+            value,
+        });
     }
     Ok(env)
 }
@@ -221,8 +236,14 @@ pub fn decode_env(b: &[u8]) -> Vec<EnvVar> {
     b.split(|&c| c == 0)
         .filter(|s| !s.is_empty())
         .map(|s| match s.iter().position(|&c| c == b'=') {
-            Some(i) => EnvVar { name: s[..i].to_vec(), value: Some(s[i + 1..].to_vec()) },
-            None => EnvVar { name: s.to_vec(), value: None },
+            Some(i) => EnvVar {
+                name: s[..i].to_vec(),
+                value: Some(s[i + 1..].to_vec()),
+            },
+            None => EnvVar {
+                name: s.to_vec(),
+                value: None,
+            },
         })
         .collect()
 }
@@ -297,7 +318,11 @@ pub fn walk_dir(dir: &Path) -> io::Result<Vec<(String, Decision)>> {
             if ename.as_bytes().first() == Some(&b'.') {
                 continue;
             }
-            let key = format!("{}/{}", OsStr::to_string_lossy(&cname), OsStr::to_string_lossy(&ename));
+            let key = format!(
+                "{}/{}",
+                OsStr::to_string_lossy(&cname),
+                OsStr::to_string_lossy(&ename)
+            );
             match lookup_dir(dir, &key)? {
                 Decision::NotFound => {}
                 d => out.push((key, d)),
@@ -333,7 +358,10 @@ mod tests {
                 |k| {
                     tried.push(k.to_string());
                     Ok(if present.contains(&k) {
-                        Decision::Allow(Params { exec: k.as_bytes().to_vec(), env: vec![] })
+                        Decision::Allow(Params {
+                            exec: k.as_bytes().to_vec(),
+                            env: vec![],
+                        })
                     } else {
                         Decision::NotFound
                     })
@@ -351,7 +379,13 @@ mod tests {
         }
         // Deny at a key stops the search.
         let d = check_uidgid_with(
-            |k| Ok(if k == "uid/5" { Decision::Deny } else { allow() }),
+            |k| {
+                Ok(if k == "uid/5" {
+                    Decision::Deny
+                } else {
+                    allow()
+                })
+            },
             5,
             7,
             0,
@@ -365,9 +399,18 @@ mod tests {
     fn cdb_values() {
         let p = Params {
             env: vec![
-                EnvVar { name: b"A".to_vec(), value: Some(b"x=y".to_vec()) },
-                EnvVar { name: b"B".to_vec(), value: None },
-                EnvVar { name: b"C".to_vec(), value: Some(vec![]) },
+                EnvVar {
+                    name: b"A".to_vec(),
+                    value: Some(b"x=y".to_vec()),
+                },
+                EnvVar {
+                    name: b"B".to_vec(),
+                    value: None,
+                },
+                EnvVar {
+                    name: b"C".to_vec(),
+                    value: Some(vec![]),
+                },
             ],
             exec: b"prog".to_vec(),
         };
@@ -397,8 +440,10 @@ mod tests {
         w(".hidden", b"x");
         let mut env = read_envdir(&d).unwrap();
         env.sort_by(|a, b| a.name.cmp(&b.name));
-        let got: Vec<(String, Option<Vec<u8>>)> =
-            env.into_iter().map(|v| (String::from_utf8(v.name).unwrap(), v.value)).collect();
+        let got: Vec<(String, Option<Vec<u8>>)> = env
+            .into_iter()
+            .map(|v| (String::from_utf8(v.name).unwrap(), v.value))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -19,7 +19,11 @@ const REG_EXTENDED: libc::c_int = 1;
 const REG_NOSUB: libc::c_int = 8;
 
 unsafe extern "C" {
-    fn regcomp(preg: *mut libc::regex_t, pattern: *const libc::c_char, cflags: libc::c_int) -> libc::c_int;
+    fn regcomp(
+        preg: *mut libc::regex_t,
+        pattern: *const libc::c_char,
+        cflags: libc::c_int,
+    ) -> libc::c_int;
     fn regexec(
         preg: *const libc::regex_t,
         string: *const libc::c_char,
@@ -48,7 +52,11 @@ impl Regex {
     /// (POSIX leaves the empty ERE undefined). On failure, returns the C
     /// library's error message.
     pub fn new(pattern: &[u8]) -> Result<Regex, String> {
-        let pattern = if pattern.is_empty() { &b".*"[..] } else { pattern };
+        let pattern = if pattern.is_empty() {
+            &b".*"[..]
+        } else {
+            pattern
+        };
         let c = CString::new(pattern).map_err(|_| "pattern contains a NUL byte".to_string())?;
         let mut re: Box<MaybeUninit<libc::regex_t>> = Box::new(MaybeUninit::uninit());
         // SAFETY: `re` points to writable storage for one regex_t and `c` is a
@@ -120,7 +128,9 @@ pub fn signalfd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
 pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<u32>> {
     let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
     match rustix::io::read(fd, &mut info) {
-        Ok(n) if n == info.len() => Ok(Some(u32::from_ne_bytes([info[0], info[1], info[2], info[3]]))),
+        Ok(n) if n == info.len() => Ok(Some(u32::from_ne_bytes([
+            info[0], info[1], info[2], info[3],
+        ]))),
         Ok(_) => Ok(None),
         Err(rustix::io::Errno::AGAIN) => Ok(None),
         Err(e) => Err(e.into()),
@@ -163,12 +173,31 @@ pub fn setuid(uid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Borrows the descriptor numbered `n`, inherited from the parent (`-d fd`,
+/// `S6_FD_i`), after checking that it is open. EBADF if it is not.
+///
+/// The borrow is `'static` because the programs that call this never close
+/// the descriptors they are told about by number.
+pub fn borrow_fd_number(n: u32) -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    let n = libc::c_int::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: F_GETFD on any integer is harmless; it only reports whether
+    // the number is an open descriptor.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` is open (checked above) and, per this function's contract,
+    // stays open for the rest of the process.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn m(re: &str, s: &str) -> bool {
-        Regex::new(re.as_bytes()).unwrap().is_match(&CString::new(s).unwrap())
+        Regex::new(re.as_bytes())
+            .unwrap()
+            .is_match(&CString::new(s).unwrap())
     }
 
     #[test]

@@ -44,7 +44,10 @@ fn leaps(utc: u64) -> u64 {
 impl Tain {
     /// Converts Unix time (UTC seconds and nanoseconds) to TAI64N.
     pub fn from_unix(secs: u64, nano: u32) -> Tain {
-        Tain { sec: TAI_MAGIC + secs + 10 + leaps(secs), nano }
+        Tain {
+            sec: TAI_MAGIC + secs + 10 + leaps(secs),
+            nano,
+        }
     }
 
     /// Converts a system time to TAI64N (times before 1970 clamp to 1970).
@@ -71,7 +74,7 @@ impl Tain {
     }
 
     /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Tain {
+    fn plus(self, d: Duration) -> Tain {
         let mut sec = self.sec.saturating_add(d.as_secs());
         let mut nano = self.nano + d.subsec_nanos();
         if nano >= 1_000_000_000 {
@@ -83,7 +86,10 @@ impl Tain {
 
     /// `self + secs` seconds, saturating.
     pub fn add_secs(self, secs: u64) -> Tain {
-        Tain { sec: self.sec.saturating_add(secs), nano: self.nano }
+        Tain {
+            sec: self.sec.saturating_add(secs),
+            nano: self.nano,
+        }
     }
 
     /// The time left from `now` until `self`, or zero if it has passed.
@@ -126,7 +132,10 @@ impl Tain {
         s.copy_from_slice(&b[..8]);
         let mut n = [0u8; 4];
         n.copy_from_slice(&b[8..]);
-        Tain { sec: u64::from_be_bytes(s), nano: u32::from_be_bytes(n) }
+        Tain {
+            sec: u64::from_be_bytes(s),
+            nano: u32::from_be_bytes(n),
+        }
     }
 
     /// The text form: `@` and 24 lower-case hex digits.
@@ -147,13 +156,25 @@ impl Tain {
     }
 }
 
+impl std::ops::Add<Duration> for Tain {
+    type Output = Tain;
+
+    /// `self + d`, saturating.
+    fn add(self, d: Duration) -> Tain {
+        self.plus(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn pack_round_trip() {
-        let t = Tain { sec: 0x4000_0000_6b02_1c00, nano: 0x2015_004a };
+        let t = Tain {
+            sec: 0x4000_0000_6b02_1c00,
+            nano: 0x2015_004a,
+        };
         assert_eq!(Tain::unpack(&t.pack()), t);
         assert_eq!(t.to_text(), "@400000006b021c002015004a");
         assert_eq!(Tain::from_text(b"@400000006b021c002015004a"), Some(t));
@@ -167,11 +188,20 @@ mod tests {
         // Before any leap second: TAI = UTC + 10.
         assert_eq!(Tain::from_unix(0, 0).sec, TAI_MAGIC + 10);
         // Since 2017-01-01: TAI = UTC + 37.
-        assert_eq!(Tain::from_unix(1483228800, 0).sec, TAI_MAGIC + 1483228800 + 37);
-        assert_eq!(Tain::from_unix(1483228799, 0).sec, TAI_MAGIC + 1483228799 + 36);
+        assert_eq!(
+            Tain::from_unix(1483228800, 0).sec,
+            TAI_MAGIC + 1483228800 + 37
+        );
+        assert_eq!(
+            Tain::from_unix(1483228799, 0).sec,
+            TAI_MAGIC + 1483228799 + 36
+        );
         // Observed from the reference: S6_FDLIMIT for a -T 5000 store at
         // Unix time 1795300834 was @400000006b021e0c...
-        assert_eq!(Tain::from_unix(1795300834 + 5, 0).sec, 0x4000_0000_6b02_1e0c);
+        assert_eq!(
+            Tain::from_unix(1795300834 + 5, 0).sec,
+            0x4000_0000_6b02_1e0c
+        );
         for u in [0, 78796799, 78796800, 1483228800, 1795300834] {
             assert_eq!(Tain::from_unix(u, 0).to_unix(), Some(u));
         }
@@ -179,9 +209,21 @@ mod tests {
 
     #[test]
     fn arithmetic() {
-        let t = Tain { sec: TAI_MAGIC, nano: 999_999_999 };
-        assert_eq!(t.add(Duration::from_nanos(1)), Tain { sec: TAI_MAGIC + 1, nano: 0 });
-        assert_eq!(t.add(Duration::from_nanos(2)).duration_since(t), Duration::from_nanos(2));
+        let t = Tain {
+            sec: TAI_MAGIC,
+            nano: 999_999_999,
+        };
+        assert_eq!(
+            (t + Duration::from_nanos(1)),
+            Tain {
+                sec: TAI_MAGIC + 1,
+                nano: 0
+            }
+        );
+        assert_eq!(
+            (t + Duration::from_nanos(2)).duration_since(t),
+            Duration::from_nanos(2)
+        );
         assert_eq!(t.duration_since(t.add_secs(1)), Duration::ZERO);
         let now = Tain::now();
         assert!(!Tain::infinite_from(now).is_finite_from(now));

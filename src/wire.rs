@@ -41,7 +41,11 @@ pub fn header(len: usize, nfds: usize) -> [u8; HEADER] {
 
 /// Performs one non-blocking `sendmsg` of `bufs`, with `fds` attached if
 /// non-empty. Returns the number of bytes written.
-pub fn send_some(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+pub fn send_some(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     let n = if fds.is_empty() {
         rustix::net::sendmsg(sock, bufs, &mut SendAncillaryBuffer::default(), flags)?
@@ -76,7 +80,9 @@ pub struct Sender<F: AsFd> {
 
 impl<F: AsFd> Default for Sender<F> {
     fn default() -> Self {
-        Sender { queue: VecDeque::new() }
+        Sender {
+            queue: VecDeque::new(),
+        }
     }
 }
 
@@ -89,7 +95,12 @@ impl<F: AsFd> Sender<F> {
     /// Queues a message. The caller keeps within [`MAX_LEN`] and [`MAX_FDS`].
     pub fn push(&mut self, payload: Vec<u8>, fds: Vec<F>) {
         let header = header(payload.len(), fds.len());
-        self.queue.push_back(Outgoing { header, payload, pos: 0, fds });
+        self.queue.push_back(Outgoing {
+            header,
+            payload,
+            pos: 0,
+            fds,
+        });
     }
 
     /// Whether everything queued has been written.
@@ -156,6 +167,10 @@ impl From<FrameError> for io::Error {
     }
 }
 
+/// A received message: its payload (borrowed from the receiver's buffer)
+/// and its descriptors.
+pub type Frame<'a> = (&'a [u8], Vec<OwnedFd>);
+
 /// Reassembles messages from a stream socket.
 pub struct Receiver {
     buf: Vec<u8>,
@@ -202,7 +217,12 @@ impl Receiver {
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut anc = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(&mut self.buf[self.end..])];
-        let r = rustix::net::recvmsg(sock, &mut iov, &mut anc, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT)?;
+        let r = rustix::net::recvmsg(
+            sock,
+            &mut iov,
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        )?;
         for msg in anc.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
                 self.fds.extend(fds);
@@ -240,7 +260,7 @@ impl Receiver {
 
     /// Takes the next complete message out of the buffer: its payload and
     /// its descriptors. `Ok(None)` means more input is needed.
-    pub fn next(&mut self) -> Result<Option<(&[u8], Vec<OwnedFd>)>, FrameError> {
+    pub fn take_message(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
         let avail = self.end - self.start;
         if avail < HEADER {
             self.maybe_shrink();
@@ -301,7 +321,7 @@ mod tests {
 
     fn recv_one(rx: &mut Receiver, sock: &OwnedFd) -> (Vec<u8>, Vec<OwnedFd>) {
         loop {
-            if let Some((p, f)) = rx.next().unwrap() {
+            if let Some((p, f)) = rx.take_message().unwrap() {
                 return (p.to_vec(), f);
             }
             match rx.fill(sock.as_fd()) {
@@ -309,7 +329,10 @@ mod tests {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     rustix::event::poll(
-                        &mut [rustix::event::PollFd::new(sock, rustix::event::PollFlags::IN)],
+                        &mut [rustix::event::PollFd::new(
+                            sock,
+                            rustix::event::PollFlags::IN,
+                        )],
                         None,
                     )
                     .unwrap();
@@ -334,10 +357,10 @@ mod tests {
         assert!(tx.flush(a.as_fd()).unwrap());
         let mut rx = Receiver::new(MAX_LEN);
         assert_eq!(rx.fill(b.as_fd()).unwrap(), 3 * HEADER + 8);
-        assert_eq!(rx.next().unwrap().unwrap().0, b"one");
-        assert_eq!(rx.next().unwrap().unwrap().0, b"");
-        assert_eq!(rx.next().unwrap().unwrap().0, b"three");
-        assert!(rx.next().unwrap().is_none());
+        assert_eq!(rx.take_message().unwrap().unwrap().0, b"one");
+        assert_eq!(rx.take_message().unwrap().unwrap().0, b"");
+        assert_eq!(rx.take_message().unwrap().unwrap().0, b"three");
+        assert!(rx.take_message().unwrap().is_none());
         assert!(rx.is_empty());
     }
 
@@ -352,7 +375,7 @@ mod tests {
         let mut rx = Receiver::new(MAX_LEN);
         for i in 1..bytes.len() {
             rx.fill(b.as_fd()).unwrap();
-            assert!(rx.next().unwrap().is_none());
+            assert!(rx.take_message().unwrap().is_none());
             send_some(a.as_fd(), &[IoSlice::new(&bytes[i..i + 1])], &[]).unwrap();
         }
         let (p, fds) = recv_one(&mut rx, &b);
@@ -372,7 +395,7 @@ mod tests {
         send_some(a.as_fd(), &[IoSlice::new(&bytes[..3])], &[f.as_fd()]).unwrap();
         let mut rx = Receiver::new(MAX_LEN);
         rx.fill(b.as_fd()).unwrap();
-        assert!(rx.next().unwrap().is_none());
+        assert!(rx.take_message().unwrap().is_none());
         assert!(!rx.is_empty());
         send_some(a.as_fd(), &[IoSlice::new(&bytes[3..])], &[]).unwrap();
         let (p, fds) = recv_one(&mut rx, &b);
@@ -383,7 +406,9 @@ mod tests {
     #[test]
     fn max_fds_in_one_message() {
         let (a, b) = pair();
-        let files: Vec<File> = (0..MAX_FDS).map(|_| File::open("/dev/null").unwrap()).collect();
+        let files: Vec<File> = (0..MAX_FDS)
+            .map(|_| File::open("/dev/null").unwrap())
+            .collect();
         let mut tx = Sender::new();
         tx.push(vec![7u8; 10], files.iter().map(|f| f.as_fd()).collect());
         assert!(tx.flush(a.as_fd()).unwrap());
@@ -416,11 +441,14 @@ mod tests {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("{e}"),
             }
-            if let Some((p, fds)) = rx.next().unwrap() {
+            if let Some((p, fds)) = rx.take_message().unwrap() {
                 break (p.to_vec(), fds);
             }
         };
-        assert!(partial_writes > 0, "a 1 MiB message must not fit the socket buffer at once");
+        assert!(
+            partial_writes > 0,
+            "a 1 MiB message must not fit the socket buffer at once"
+        );
         assert_eq!(got.0, payload);
         assert_eq!(got.1.len(), 1);
         assert!(tx.is_empty());
@@ -434,7 +462,7 @@ mod tests {
         send_some(a.as_fd(), &[IoSlice::new(&h)], &[]).unwrap();
         let mut rx = Receiver::new(MAX_LEN);
         rx.fill(b.as_fd()).unwrap();
-        assert_eq!(rx.next().err(), Some(FrameError::TooLong));
+        assert_eq!(rx.take_message().err(), Some(FrameError::TooLong));
 
         let (a, b) = pair();
         let mut h = header(0, 0);
@@ -442,6 +470,6 @@ mod tests {
         send_some(a.as_fd(), &[IoSlice::new(&h)], &[]).unwrap();
         let mut rx = Receiver::new(MAX_LEN);
         rx.fill(b.as_fd()).unwrap();
-        assert_eq!(rx.next().err(), Some(FrameError::TooManyFds));
+        assert_eq!(rx.take_message().err(), Some(FrameError::TooManyFds));
     }
 }

@@ -56,7 +56,8 @@ fn main() {
     let stdin = io::stdin();
     let listener = stdin.as_fd();
     match rustix::fs::fstat(listener) {
-        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
         Ok(_) => PROG.die(EXIT_USAGE, "stdin is not a socket"),
         Err(e) => PROG.die_unable(EXIT_SYS, "fstat stdin", &e.into()),
     }
@@ -65,7 +66,13 @@ fn main() {
     let stdout = io::stdout();
     if notify {
         if let Err(e) = rustix::io::fcntl_getfd(stdout.as_fd()) {
-            PROG.die(EXIT_USAGE, format_args!("called with option -1 but stdout said: {}", fdholder::cli::strerror(&e.into())));
+            PROG.die(
+                EXIT_USAGE,
+                format_args!(
+                    "called with option -1 but stdout said: {}",
+                    fdholder::cli::strerror(&e.into())
+                ),
+            );
         }
     } else {
         detach_stdout();
@@ -77,12 +84,17 @@ fn main() {
         }
     };
     let rules = daemon::open_rules(&cfg.rules).unwrap_or_else(|e| match &cfg.rules {
-        RulesConfig::Cdb(f) => PROG.die_unable(EXIT_SYS, format_args!("cdb_init {}", f.display()), &e),
+        RulesConfig::Cdb(f) => {
+            PROG.die_unable(EXIT_SYS, format_args!("cdb_init {}", f.display()), &e)
+        }
         RulesConfig::Dir(_) => PROG.die_unable(EXIT_SYS, "open rules", &e),
     });
     match daemon::run(listener, cfg, rules, ready) {
         Ok(code) => std::process::exit(code),
-        Err(e) => PROG.die(EXIT_SYS, format_args!("unable to run: {}", fdholder::cli::strerror(&e))),
+        Err(e) => PROG.die(
+            EXIT_SYS,
+            format_args!("unable to run: {}", fdholder::cli::strerror(&e)),
+        ),
     }
 }
 

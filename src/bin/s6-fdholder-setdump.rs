@@ -1,0 +1,74 @@
+//! `s6-fdholder-setdump`: sends the fds described in its environment (as
+//! `s6-fdholder-getdump` sets it) to the daemon.
+//! See `docs/s6-fdholder-setdump.md`.
+
+use std::ffi::OsStr;
+
+use fdholder::cli::{EXIT_REFUSED, EXIT_USAGE, Prog};
+use fdholder::{DumpEntryRef, Tain};
+
+const PROG: Prog = Prog {
+    name: "s6-fdholder-setdump",
+    usage: "s6-fdholder-setdump [ -t timeout ] socket",
+};
+
+fn var(name: &str) -> std::ffi::OsString {
+    std::env::var_os(name).unwrap_or_else(|| PROG.die(EXIT_USAGE, format_args!("{name} not set")))
+}
+
+fn invalid(name: &str) -> ! {
+    PROG.die(EXIT_USAGE, format_args!("invalid ${name}"))
+}
+
+fn main() {
+    let (opts, args) = PROG.getopt("t:");
+    let mut deadline = None;
+    for (c, v) in opts {
+        match c {
+            't' => deadline = PROG.timeout(&v),
+            _ => PROG.die_usage(),
+        }
+    }
+    let [socket, ..] = &args[..] else {
+        PROG.die_usage()
+    };
+    let n = fdholder::cli::parse_uint(&var("S6_FD#")).unwrap_or_else(|| invalid("S6_FD#"));
+    let mut client = PROG.connect("", socket, deadline);
+    if n == 0 {
+        return;
+    }
+    let now = Tain::now();
+    let mut entries = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let name = format!("S6_FD_{i}");
+        let fd = fdholder::cli::parse_uint(&var(&name)).unwrap_or_else(|| invalid(&name));
+        let name = format!("S6_FDID_{i}");
+        let id = var(&name);
+        if id.is_empty() || id.len() > fdholder::proto::ID_MAX {
+            invalid(&name);
+        }
+        let name = format!("S6_FDLIMIT_{i}");
+        let limit = match std::env::var_os(&name) {
+            None => Tain::infinite_from(now),
+            Some(t) => {
+                Tain::from_text(OsStr::as_encoded_bytes(&t)).unwrap_or_else(|| invalid(&name))
+            }
+        };
+        entries.push((fd, id, limit));
+    }
+    let r = entries
+        .iter()
+        .map(|(fd, id, limit)| {
+            let fd = fdholder::sys::borrow_fd_number(*fd)?;
+            Ok(DumpEntryRef {
+                id: id.as_encoded_bytes(),
+                fd,
+                limit: *limit,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .and_then(|dump| client.setdump(&dump, deadline));
+    if let Err(e) = r {
+        PROG.die_unable(EXIT_REFUSED, "set dump", &e);
+    }
+}
