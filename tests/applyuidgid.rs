@@ -10,6 +10,11 @@ use common::{Run, TempDir, is_root, reference, run};
 
 const NAME: &str = "s6-applyuidgid";
 
+/// Environment variables to set.
+type Env<'a> = &'a [(&'a str, &'a str)];
+/// uid, gid, groups, as `id -u`, `id -g`, `id -G` print them.
+type Creds = (String, String, String);
+
 fn ours() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_s6-applyuidgid"))
 }
@@ -39,13 +44,13 @@ fn with_id(opts: &[&'static str]) -> Vec<&'static str> {
 }
 
 /// The first three lines of the ID output: uid, gid, groups.
-fn creds(r: &Run) -> (String, String, String) {
+fn creds(r: &Run) -> Creds {
     assert_eq!(r.code, Some(0), "{r:?}");
     let l: Vec<&str> = r.stdout.lines().collect();
     (l[0].into(), l[1].into(), l[2].into())
 }
 
-fn c(u: &str, g: &str, groups: &str) -> (String, String, String) {
+fn c(u: &str, g: &str, groups: &str) -> Creds {
     (u.into(), g.into(), groups.into())
 }
 
@@ -54,7 +59,7 @@ fn credentials_as_the_reference() {
     if !is_root("s6-applyuidgid credential tests") {
         return;
     }
-    let cases: &[(&[&str], &[(&str, &str)], (String, String, String))] = &[
+    let cases: &[(&[&str], Env, Creds)] = &[
         (
             &["-u", "1000", "-g", "100", "-G", "5,6"],
             &[],
@@ -143,7 +148,7 @@ fn usage() -> String {
 #[test]
 fn usage_and_environment_errors() {
     let u = usage();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[(&[&str], Env, &str)] = &[
         (&[], &[], &u),
         (&["-z"], &[], &u),
         (&["-u"], &[], &u),

@@ -14,6 +14,9 @@ use common::{Run, TempDir, reference, run};
 
 const NAME: &str = "s6-ipcserver-socketbinder";
 
+/// A case: arguments, how to prepare the directory, exit code, stderr.
+type Case<'a> = (Vec<&'a str>, &'a dyn Fn(&Path), i32, String);
+
 fn ours() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_s6-ipcserver-socketbinder"))
 }
@@ -204,7 +207,7 @@ fn system_errors() {
         std::mem::forget(f);
     };
     let file = |d: &Path| std::fs::write(d.join("existing"), "x").unwrap();
-    let cases: Vec<(Vec<&str>, &dyn Fn(&Path), i32, String)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec!["-D", "existing", "true"],
             &file,
