@@ -37,6 +37,13 @@ impl Drop for TempDir {
     }
 }
 
+/// Prints a loud line straight to stderr, past the test harness's output
+/// capture, so that a skipped check is seen.
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "!!!!! SKIPPED: {msg} !!!!!");
+}
+
 /// The reference program `/usr/bin/<name>`, or `None` with a loud message
 /// when the `s6` package is not installed (CI installs it).
 pub fn reference(name: &str) -> Option<PathBuf> {
@@ -44,10 +51,10 @@ pub fn reference(name: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "!!!!! SKIPPED: reference program {} is not installed (apt-get install s6) !!!!!",
+        loud(&format!(
+            "reference program {} is not installed (apt-get install s6)",
             p.display()
-        );
+        ));
         None
     }
 }
@@ -57,7 +64,7 @@ pub fn is_root(what: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         true
     } else {
-        eprintln!("!!!!! SKIPPED: {what} needs root !!!!!");
+        loud(&format!("{what} needs root"));
         false
     }
 }
