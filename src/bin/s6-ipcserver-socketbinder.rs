@@ -1,7 +1,7 @@
 //! `s6-ipcserver-socketbinder`: binds a Unix domain socket to a path, puts
 //! it on fd 0 and executes a program (see docs/s6-ipcserver-socketbinder.md).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 
@@ -121,6 +121,5 @@ fn main() {
             .unwrap_or_else(|e| PROG.die_unable(EXIT_SYS, "dup2 socket to stdin", &e.into()));
         drop(sock);
     }
-    let argv: Vec<OsString> = args[1..].to_vec();
-    PROG.exec(&argv, &[])
+    PROG.exec(&args[1..], &[])
 }
