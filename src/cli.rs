@@ -205,16 +205,62 @@ pub fn parse_uint(s: &OsStr) -> Option<u32> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// Parses a comma-separated list of gids (`-G`); the empty string is the
-/// empty list.
-pub fn parse_gidlist(s: &OsStr) -> Option<Vec<u32>> {
-    if s.is_empty() {
-        return Some(Vec::new());
+/// Parses an unsigned octal number as skalibs' `uint0_oscan`: octal digits
+/// only, the whole string, no sign, no overflow.
+pub fn parse_uint_octal(s: &OsStr) -> Option<u32> {
+    let b = s.as_bytes();
+    match scan_uint_prefix(b, 8) {
+        Some((v, n)) if n == b.len() => Some(v),
+        _ => None,
     }
-    s.as_bytes()
-        .split(|&c| c == b',')
-        .map(|g| parse_uint(OsStr::from_bytes(g)))
-        .collect()
+}
+
+/// Scans the longest prefix of `s` that is a number in `base` (at most 10)
+/// and fits in a `u32`, as skalibs' `uint32_scan_base`: digits that would
+/// overflow are left unread. Returns the value and the bytes read, or
+/// `None` if no digit was read.
+fn scan_uint_prefix(s: &[u8], base: u32) -> Option<(u32, usize)> {
+    let mut v: u32 = 0;
+    let mut n = 0;
+    for &c in s {
+        let Some(d) = (c as char).to_digit(base) else {
+            break;
+        };
+        let Some(next) = v.checked_mul(base).and_then(|x| x.checked_add(d)) else {
+            break;
+        };
+        v = next;
+        n += 1;
+    }
+    (n > 0).then_some((v, n))
+}
+
+/// Scans a list of decimal numbers as skalibs' `uint32_scanlist` (used for
+/// gid lists): numbers separated by runs of `,:; \t\r\n`, at most `max` of
+/// them, stopping silently at the first thing that is not a number.
+/// Returns the numbers and how many bytes were read (0 if none: callers
+/// treat that as invalid unless `s` is empty).
+pub fn scan_uint_list(s: &[u8], max: usize) -> (Vec<u32>, usize) {
+    let mut list = Vec::new();
+    let mut len = 0;
+    while len < s.len() && list.len() < max {
+        let Some((v, n)) = scan_uint_prefix(&s[len..], 10) else {
+            break;
+        };
+        list.push(v);
+        len += n;
+        while len < s.len() && b",:; \t\r\n".contains(&s[len]) {
+            len += 1;
+        }
+    }
+    (list, len)
+}
+
+/// Parses a gid list as the reference's `-G` does (see [`scan_uint_list`]):
+/// `None` when nothing could be read from a non-empty string.
+pub fn parse_gidlist(s: &OsStr) -> Option<Vec<u32>> {
+    let (list, n) = scan_uint_list(s.as_bytes(), 65536);
+    (n > 0 || s.is_empty()).then_some(list)
 }
 
 /// A deadline `ms` milliseconds from now; 0 means none.
@@ -266,6 +312,26 @@ mod tests {
         assert_eq!(parse_uint(OsStr::new("+1")), None);
         assert_eq!(parse_uint(OsStr::new("")), None);
         assert_eq!(parse_uint(OsStr::new("1x")), None);
+    }
+
+    #[test]
+    fn octal_and_lists() {
+        assert_eq!(parse_uint_octal(OsStr::new("0750")), Some(0o750));
+        assert_eq!(parse_uint_octal(OsStr::new("8")), None);
+        assert_eq!(parse_uint_octal(OsStr::new("")), None);
+        assert_eq!(parse_uint_octal(OsStr::new("37777777777")), Some(u32::MAX));
+        assert_eq!(parse_uint_octal(OsStr::new("40000000000")), None);
+        assert_eq!(scan_uint_list(b"", 10), (vec![], 0));
+        assert_eq!(scan_uint_list(b"1,,2", 10), (vec![1, 2], 4));
+        assert_eq!(scan_uint_list(b"1:2; 3\n", 10), (vec![1, 2, 3], 7));
+        assert_eq!(scan_uint_list(b"1x,2", 10), (vec![1], 1));
+        assert_eq!(scan_uint_list(b" 1", 10), (vec![], 0));
+        assert_eq!(scan_uint_list(b"1,2,3", 2), (vec![1, 2], 4));
+        // Digits that would overflow start the next number, as in skalibs.
+        assert_eq!(
+            scan_uint_list(b"99999999999", 10),
+            (vec![999999999, 99], 11)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -170,20 +170,28 @@ pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
     Ok(Decision::Allow(Params { env, exec }))
 }
 
+/// How much of each file an environment directory read looks at, as
+/// skalibs' `envdir` (`MAXVARSIZE`).
+const MAX_VAR_SIZE: u64 = 4095;
+
 /// Reads an environment directory: each file is a variable (names starting
-/// with `.` or containing `=` are skipped); its value is the first line,
-/// trailing spaces, tabs and CRs removed, NULs turned into newlines; an
-/// empty file unsets the variable.
+/// with `.` or containing `=` are skipped); its value is the first line of
+/// the file's first 4095 bytes, trailing spaces, tabs and CRs removed, NULs
+/// turned into newlines; an empty file unsets the variable.
 pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
+    // Names first, so that the directory is closed before files are opened:
+    // the daemon may be one descriptor away from its limit.
+    let names = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
     let mut env = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
+    for name in &names {
+        let path = dir.join(name);
         let name = name.as_bytes();
         if name.first() == Some(&b'.') || name.contains(&b'=') {
             continue;
         }
-        let f = File::open(entry.path()).map_err(|e| {
+        let f = File::open(path).map_err(|e| {
             // The file vanished between readdir and open: as the reference.
             if e.kind() == io::ErrorKind::NotFound {
                 io::Error::from_raw_os_error(libc::EIDRM)
@@ -191,13 +199,15 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
                 e
             }
         })?;
+        // skalibs reads at most 4095 bytes of each file, then cuts at the
+        // first newline.
         let mut line = Vec::new();
-        BufReader::new(f).read_until(b'\n', &mut line)?;
+        f.take(MAX_VAR_SIZE).read_to_end(&mut line)?;
         let value = if line.is_empty() {
             None
         } else {
-            if line.last() == Some(&b'\n') {
-                line.pop();
+            if let Some(i) = line.iter().position(|&c| c == b'\n') {
+                line.truncate(i);
             }
             while matches!(line.last(), Some(b' ' | b'\t' | b'\r')) {
                 line.pop();
@@ -437,6 +447,9 @@ mod tests {
         w("TRIM", b"^foo$ \t\r\nsecond line");
         w("NONL", b"abc");
         w("NUL", b"a\0b\n");
+        let mut long = vec![b'x'; 5000];
+        long[4094] = b' ';
+        w("LONG", &long);
         w(".hidden", b"x");
         let mut env = read_envdir(&d).unwrap();
         env.sort_by(|a, b| a.name.cmp(&b.name));
@@ -448,6 +461,7 @@ mod tests {
             got,
             vec![
                 ("EMPTY".into(), None),
+                ("LONG".into(), Some(vec![b'x'; 4094])),
                 ("NL".into(), Some(vec![])),
                 ("NONL".into(), Some(b"abc".to_vec())),
                 ("NUL".into(), Some(b"a\nb".to_vec())),

@@ -146,6 +146,17 @@ pub fn ignore_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// Closes descriptor 1, as the reference daemon does with its stdout, so
+/// that its descriptor budget (RLIMIT_NOFILE − 6 held fds) is the same.
+///
+/// The caller must never write to stdout afterwards: a later descriptor
+/// (a client's socket) may get number 1.
+pub fn close_stdout() {
+    // SAFETY: nothing in this process owns fd 1 as an OwnedFd; std's Stdout
+    // handle only borrows it, and the caller promises not to use it again.
+    unsafe { libc::close(1) };
+}
+
 /// Sets the supplementary group list of the whole process.
 pub fn setgroups(gids: &[u32]) -> io::Result<()> {
     // SAFETY: the pointer and length describe a valid gid_t slice.

@@ -1,7 +1,7 @@
 //! `s6-fdholderd`: the fd-holding daemon. Its stdin is a bound, listening
 //! Unix stream socket. See `docs/s6-fdholderd.md`.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,8 +61,8 @@ fn main() {
         Ok(_) => PROG.die(EXIT_USAGE, "stdin is not a socket"),
         Err(e) => PROG.die_unable(EXIT_SYS, "fstat stdin", &e.into()),
     }
-    // Without -1, stdout is of no use: point it at /dev/null (rather than
-    // closing it, so that no client socket can ever land on fd 1).
+    // Without -1, stdout is closed at once; with -1, after the newline.
+    // Nothing in this program writes to stdout otherwise.
     let stdout = io::stdout();
     if notify {
         if let Err(e) = rustix::io::fcntl_getfd(stdout.as_fd()) {
@@ -75,12 +75,12 @@ fn main() {
             );
         }
     } else {
-        detach_stdout();
+        fdholder::sys::close_stdout();
     }
     let ready = || {
         if notify {
-            let _ = stdout.lock().write_all(b"\n");
-            detach_stdout();
+            let _ = rustix::io::write(stdout.as_fd(), b"\n");
+            fdholder::sys::close_stdout();
         }
     };
     let rules = daemon::open_rules(&cfg.rules).unwrap_or_else(|e| match &cfg.rules {
@@ -95,16 +95,5 @@ fn main() {
             EXIT_SYS,
             format_args!("unable to run: {}", fdholder::cli::strerror(&e)),
         ),
-    }
-}
-
-fn detach_stdout() {
-    match std::fs::File::options().write(true).open("/dev/null") {
-        Ok(null) => {
-            if let Err(e) = rustix::stdio::dup2_stdout(&null) {
-                PROG.die_unable(EXIT_SYS, "redirect stdout", &e.into());
-            }
-        }
-        Err(e) => PROG.die_unable(EXIT_SYS, "open /dev/null", &e),
     }
 }

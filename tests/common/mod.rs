@@ -1,5 +1,6 @@
-//! Shared test harness: temporary directories, rules, and real daemons
-//! (ours or the reference's) listening on sockets in those directories.
+//! Shared test harness: temporary directories, rules, real daemons (ours
+//! or the reference's) listening on sockets in those directories, and
+//! helpers to run programs and compare their outcomes.
 //!
 //! The reference implementation is Debian's `s6` package. When it is
 //! missing, tests that need it print a loud message and return; in CI
@@ -7,12 +8,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -53,7 +55,9 @@ pub fn have_reference() -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("the reference s6 package is missing in CI: .ci/run must install it");
     }
-    eprintln!("\n*** SKIPPED: the reference s6 package is not installed (apt-get install s6) ***\n");
+    eprintln!(
+        "\n*** SKIPPED: the reference s6 package is not installed (apt-get install s6) ***\n"
+    );
     false
 }
 
@@ -105,7 +109,11 @@ pub fn deny(dir: &Path, key: &str) {
 pub fn full_rules(dir: &Path) -> PathBuf {
     let rules = dir.join("rules");
     let env: Vec<(&str, Option<&str>)> = ALL_RIGHTS.iter().map(|(k, v)| (*k, Some(*v))).collect();
-    allow(&rules, &format!("uid/{}", rustix::process::geteuid().as_raw()), &env);
+    allow(
+        &rules,
+        &format!("uid/{}", rustix::process::geteuid().as_raw()),
+        &env,
+    );
     rules
 }
 
@@ -129,13 +137,19 @@ pub struct Opts<'a> {
     pub rules: Option<(&'a str, PathBuf)>,
     /// Capture stderr in `dir/stderr` (default: inherit).
     pub stderr_file: bool,
-    /// RLIMIT_NOFILE for the daemon (via `sh -c ulimit -n`).
+    /// RLIMIT_NOFILE for the daemon (via `bash -c ulimit -n`), which then
+    /// starts with only fds 0, 1 and 2.
     pub nofile: Option<u32>,
 }
 
 impl Default for Opts<'_> {
     fn default() -> Self {
-        Opts { args: &[], rules: None, stderr_file: true, nofile: None }
+        Opts {
+            args: &[],
+            rules: None,
+            stderr_file: true,
+            nofile: None,
+        }
     }
 }
 
@@ -160,21 +174,43 @@ impl Daemon {
         let mut cmd = match o.nofile {
             None => Command::new(&daemon),
             Some(n) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(&daemon);
+                // Close whatever the test runner let us inherit, so that
+                // the daemon's descriptor budget is exactly what it counts.
+                let script = format!(
+                    "for f in /proc/$$/fd/*; do n=${{f##*/}}; \
+                     [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done 2>/dev/null; \
+                     ulimit -n {n} && exec \"$0\" \"$@\""
+                );
+                let mut c = Command::new("bash");
+                c.arg("-c").arg(script).arg(&daemon);
                 c
             }
         };
         cmd.arg("-1").args(o.args).arg(rflag).arg(&rpath);
-        cmd.stdin(Stdio::from(OwnedFd::from(listener))).stdout(Stdio::piped());
+        cmd.stdin(Stdio::from(OwnedFd::from(listener)))
+            .stdout(Stdio::piped());
         if o.stderr_file {
             cmd.stderr(std::fs::File::create(dir.join("stderr")).unwrap());
         }
         let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line, "\n", "daemon did not notify readiness; stderr: {}", read_stderr(&dir));
-        Daemon { child, sock, dir, which }
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Then EOF: the daemon has closed its stdout, its fd count is settled.
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        assert_eq!(
+            line,
+            "\n",
+            "daemon did not notify readiness; stderr: {}",
+            read_stderr(&dir)
+        );
+        Daemon {
+            child,
+            sock,
+            dir,
+            which,
+        }
     }
 
     /// What the daemon wrote to stderr so far.
@@ -184,7 +220,9 @@ impl Daemon {
 
     /// Number of descriptors the daemon has open.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
     }
 
     /// Waits until the daemon's open-fd count equals `n` (it settles
@@ -216,7 +254,8 @@ impl Daemon {
 
     /// A client connected to this daemon.
     pub fn client(&self) -> fdholder::Client {
-        fdholder::Client::connect(&self.sock, Some(Instant::now() + Duration::from_secs(10))).unwrap()
+        fdholder::Client::connect(&self.sock, Some(Instant::now() + Duration::from_secs(10)))
+            .unwrap()
     }
 }
 
@@ -280,4 +319,105 @@ pub fn file_with(dir: &Path, name: &str, content: &[u8]) -> std::fs::File {
 pub fn identity(fd: impl std::os::fd::AsFd) -> (u64, u64) {
     let st = rustix::fs::fstat(fd).unwrap();
     (st.st_dev, st.st_ino)
+}
+
+/// A fresh directory under the system's temporary directory, removed on
+/// drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("fdholder-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prints a loud line straight to stderr, past the test harness's output
+/// capture, so that a skipped check is seen.
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "!!!!! SKIPPED: {msg} !!!!!");
+}
+
+/// The reference program `/usr/bin/<name>`, or `None` with a loud message
+/// when the `s6` package is not installed (CI installs it).
+pub fn reference(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from("/usr/bin").join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "reference program {} is missing in CI: .ci/run must install it",
+                p.display()
+            );
+        }
+        loud(&format!(
+            "reference program {} is not installed (apt-get install s6)",
+            p.display()
+        ));
+        None
+    }
+}
+
+/// Whether we run as root; says loudly when not.
+pub fn is_root(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        true
+    } else {
+        loud(&format!("{what} needs root"));
+        false
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `bin args` in `dir`, stdin from /dev/null, with `env` set and
+/// UID, GID and GIDLIST removed unless `env` sets them.
+pub fn run<S: AsRef<OsStr>>(bin: &Path, args: &[S], dir: &Path, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    for v in ["UID", "GID", "GIDLIST"] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+        .into()
 }
