@@ -70,7 +70,7 @@ impl Prog {
         eprintln!("{}: info: {}", self.name, msg);
     }
 
-    /// Parses the command line (without argv[0]) with POSIX getopt rules
+    /// Parses the command line (without `argv[0]`) with POSIX getopt rules
     /// for `optstring` (`"d:t:T:"`: a letter, `:` if it takes an argument).
     /// Parsing stops at the first non-option or after `--`; those and what
     /// follows are returned as operands. A bad option is a usage error.

@@ -3,7 +3,7 @@
 //!
 //! - [`Store`]: the held fds, by id (hash map) and by expiry (ordered set),
 //!   so that store, lookup and expiry are O(1) or O(log n).
-//! - [`Conn`]: one client: framing buffers, rights decided at accept time,
+//! - `Conn`: one client: framing buffers, rights decided at accept time,
 //!   setdump progress, and the `-t` deadline.
 //! - [`run`]: the epoll loop over the listener, a signalfd and the clients,
 //!   waking only for I/O, signals, expiries and deadlines (idle CPU is 0).
