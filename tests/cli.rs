@@ -628,8 +628,11 @@ fn getdump_environment_and_refusals() {
     );
 }
 
-/// The setdump environment errors: (env, exit code, message).
-fn setdump_env_cases() -> Vec<(Vec<(&'static str, &'static str)>, i32, &'static str)> {
+/// A setdump environment, the exit code and the message it gets.
+type EnvCase = (Vec<(&'static str, &'static str)>, i32, &'static str);
+
+/// The setdump environment errors.
+fn setdump_env_cases() -> Vec<EnvCase> {
     vec![
         (vec![], 100, "S6_FD# not set"),
         (vec![("S6_FD#", "x")], 100, "invalid $S6_FD#"),
