@@ -1531,3 +1531,92 @@ fn compat_getdump_setdump_chain() {
         }
     }
 }
+
+#[test]
+fn timeouts_against_a_silent_listener() {
+    // A socket that accepts connections (the kernel's backlog) and never
+    // answers: `-t` is what ends the wait. Compared with the reference
+    // when it is installed.
+    let t = TempDir::new("cli-silent");
+    let silent = t.join("silent");
+    let _listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    let d = Daemon::start(Impl::Ours);
+    let f = file_with(&d.dir, "f", b"");
+    d.client().store(f.as_fd(), b"one", None, None).unwrap();
+    let timed_out = |what: &str| format!("unable to {what}: Connection timed out");
+    let cases: Vec<(&str, Vec<&dyn AsRef<std::ffi::OsStr>>, String)> = vec![
+        (
+            "s6-fdholder-store",
+            vec![&"-t", &"50", &silent, &"id"],
+            timed_out("store fd"),
+        ),
+        (
+            "s6-fdholder-retrieve",
+            vec![&"-Dt50", &silent, &"id", &"true"],
+            timed_out("retrieve fd for id id"),
+        ),
+        (
+            "s6-fdholder-list",
+            vec![&"-t", &"50", &silent],
+            timed_out("get fd list"),
+        ),
+        (
+            "s6-fdholder-getdump",
+            vec![&"-t", &"50", &silent, &"true"],
+            timed_out("get dump"),
+        ),
+        (
+            "s6-fdholder-transferdump",
+            vec![&"-t", &"50:", &silent, &d.sock],
+            timed_out("get dump"),
+        ),
+    ];
+    for (name, args, msg) in &cases {
+        let ours = run(Impl::Ours, name, args);
+        assert_eq!(ces(&ours), (1, String::new(), fatal(name, msg)), "{name}");
+        if common::reference(name).is_some() {
+            assert_eq!(ours, run(Impl::Reference, name, args), "{name}");
+        }
+    }
+    // delete: ours only, the reference names the socket (SPEC §8).
+    let o = run(
+        Impl::Ours,
+        "s6-fdholder-delete",
+        &[&"-t", &"50", &silent, &"id"],
+    );
+    assert_eq!(
+        ces(&o),
+        (
+            1,
+            String::new(),
+            fatal("s6-fdholder-delete", &timed_out("delete fd for id id"))
+        )
+    );
+    // setdump times out waiting for the answer to its request.
+    let mut c = cmd(Impl::Ours, "s6-fdholder-setdump");
+    c.args(["-t", "50"])
+        .arg(&silent)
+        .envs([("S6_FD#", "1"), ("S6_FD_0", "0"), ("S6_FDID_0", "x")]);
+    assert_eq!(
+        ces(&run_cmd(&mut c)),
+        (
+            1,
+            String::new(),
+            fatal("s6-fdholder-setdump", &timed_out("set dump"))
+        )
+    );
+    // The destination side of transferdump: 2 (the reference: 1).
+    let o = run(
+        Impl::Ours,
+        "s6-fdholder-transferdump",
+        &[&"-t", &":50", &d.sock, &silent],
+    );
+    assert_eq!(
+        ces(&o),
+        (
+            2,
+            String::new(),
+            fatal("s6-fdholder-transferdump", &timed_out("set dump"))
+        )
+    );
+}
