@@ -12,6 +12,9 @@ const PROG: Prog = Prog {
     usage: "s6-fdholder-setdump [ -t timeout ] socket",
 };
 
+/// Length of a timestamp's text form: `@` and 24 hex digits.
+const TIMESTAMP_LEN: usize = 25;
+
 fn var(name: &str) -> std::ffi::OsString {
     std::env::var_os(name).unwrap_or_else(|| PROG.die(EXIT_USAGE, format_args!("{name} not set")))
 }
@@ -51,7 +54,10 @@ fn main() {
         let limit = match std::env::var_os(&name) {
             None => Tain::infinite_from(now),
             Some(t) => {
-                Tain::from_text(OsStr::as_encoded_bytes(&t)).unwrap_or_else(|| invalid(&name))
+                // As skalibs' timestamp_scan: `@` and 24 hex digits, what
+                // follows them is ignored.
+                let t = OsStr::as_encoded_bytes(&t);
+                Tain::from_text(&t[..t.len().min(TIMESTAMP_LEN)]).unwrap_or_else(|| invalid(&name))
             }
         };
         entries.push((fd, id, limit));

@@ -53,6 +53,11 @@ fn main() {
     drop(src);
     let deadline = deadline_ms(tto);
     let mut dst = PROG.connect("destination ", to, deadline);
+    if dump.is_empty() {
+        // As the reference's library: an empty dump is not sent at all, so
+        // a destination that would refuse setdump is never asked.
+        return;
+    }
     let refs: Vec<_> = dump.iter().map(|e| e.as_ref()).collect();
     if let Err(e) = dst.setdump(&refs, deadline) {
         PROG.die_unable(EXIT_DEST_REFUSED, "set dump", &e);

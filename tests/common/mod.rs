@@ -117,6 +117,18 @@ pub fn full_rules(dir: &Path) -> PathBuf {
     rules
 }
 
+/// A rules directory `dir/name` giving this test's uid exactly the rights
+/// in `env` (as [`allow`] writes them): for daemons with partial rights.
+pub fn rules_with(dir: &Path, name: &str, env: &[(&str, Option<&str>)]) -> PathBuf {
+    let rules = dir.join(name);
+    allow(
+        &rules,
+        &format!("uid/{}", rustix::process::geteuid().as_raw()),
+        env,
+    );
+    rules
+}
+
 /// A running daemon on a socket in a temporary directory.
 pub struct Daemon {
     /// The daemon process (s6-fdholderd itself, stdin the listener).
