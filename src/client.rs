@@ -294,7 +294,10 @@ impl Client {
         }
         let chunks = proto::be32(&body[..4]).ok_or_else(proto::eproto)? as usize;
         let total = proto::be32(&body[4..]).ok_or_else(proto::eproto)? as usize;
-        if chunks != proto::chunks_for(total) {
+        // Any split into chunks is accepted, as long as every chunk carries
+        // fds and they add up: the reference counts chunks of 255 (a limit
+        // the kernel does not allow), our daemon chunks of 253.
+        if chunks > total || (total > 0 && chunks == 0) {
             return Err(proto::eproto());
         }
         let mut dump = Vec::with_capacity(total.min(1 << 16));
@@ -329,7 +332,11 @@ impl Client {
         self.send(proto::setdump(total), vec![], deadline)?;
         let (ans, fds) = self.recv(deadline)?;
         let body = proto::answer_error(&ans)?;
-        if !fds.is_empty() || proto::be32(body) != Some(proto::chunks_for(dump.len()) as u32) {
+        // The announced chunk count is not checked: the reference daemon
+        // counts chunks of 255 fds, which no kernel lets through in one
+        // message. We send chunks of 253; the daemon answers EAGAIN until it
+        // has received every fd it was announced, whatever the split.
+        if !fds.is_empty() || proto::be32(body).is_none() {
             return Err(proto::eproto());
         }
         let n = dump.len().div_ceil(MAX_FDS);
