@@ -1,0 +1,628 @@
+//! Side-by-side benchmark: our `s6-fdholderd` against the reference
+//! (Debian's `s6`, `/usr/bin/s6-fdholderd`), same options, same rules.
+//!
+//! `cargo bench --bench compare` (full, about 2 minutes) or
+//! `cargo bench --bench compare -- --quick`. See `BENCHMARKS.md`.
+//!
+//! Every load client is built on our client library, for both daemons, so
+//! only the daemon differs. Multi-client loads are separate processes (this
+//! program re-executed with `--worker`). Each measurement alternates the two
+//! daemons (A B A B ...) and the table shows medians.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fdholder::wire::{Receiver, Sender};
+use fdholder::{Client, DumpEntryRef, Tain};
+
+const OURS: &str = env!("CARGO_BIN_EXE_s6-fdholderd");
+const REF: &str = "/usr/bin/s6-fdholderd";
+const MAXCONN: &str = "16";
+const MAXFDS: &str = "11000";
+
+fn deadline() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(30))
+}
+
+fn devnull() -> OwnedFd {
+    std::fs::File::open("/dev/null").unwrap().into()
+}
+
+// ---------------------------------------------------------------- daemons
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(prog: &str, tag: &str, rules: &Path) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("fdh-bench-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s");
+        let l = UnixListener::bind(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let mut child = Command::new(prog)
+            .args(["-1", "-c", MAXCONN, "-n", MAXFDS, "-i"])
+            .arg(rules)
+            .stdin(Stdio::from(OwnedFd::from(l)))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "\n", "{prog} did not start");
+        Daemon { child, sock, dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.sock, deadline()).unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rules_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fdh-bench-{}-rules", std::process::id()));
+    let k = d.join(format!("uid/{}", rustix::process::geteuid().as_raw()));
+    std::fs::create_dir_all(k.join("env")).unwrap();
+    std::fs::write(k.join("allow"), "").unwrap();
+    for v in [
+        "S6_FDHOLDER_STORE_REGEX",
+        "S6_FDHOLDER_RETRIEVE_REGEX",
+        "S6_FDHOLDER_LIST",
+        "S6_FDHOLDER_GETDUMP",
+        "S6_FDHOLDER_SETDUMP",
+    ] {
+        std::fs::write(k.join("env").join(v), "\n").unwrap();
+    }
+    d
+}
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+// ---------------------------------------------------------------- workers
+
+/// Load generator, run as a separate process: prints "ready", waits for a
+/// byte on stdin, runs for `millis`, prints "ops nanos".
+fn worker(args: &[String]) {
+    let (kind, sock, idx, millis) = (
+        args[0].as_str(),
+        PathBuf::from(&args[1]),
+        &args[2],
+        args[3].parse::<u64>().unwrap(),
+    );
+    let id = format!("bench-{kind}-{idx}");
+    let id = id.as_bytes();
+    let fd = devnull();
+    let mut session = (kind == "session").then(|| Client::connect(&sock, deadline()).unwrap());
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    let start = Instant::now();
+    let end = start + Duration::from_millis(millis);
+    let mut ops = 0u64;
+    while Instant::now() < end {
+        match &mut session {
+            Some(c) => {
+                c.store(fd.as_fd(), id, None, None).unwrap();
+                drop(c.retrieve(id, None).unwrap());
+                c.delete(id, None).unwrap();
+            }
+            None => {
+                Client::connect(&sock, deadline())
+                    .unwrap()
+                    .store(fd.as_fd(), id, None, None)
+                    .unwrap();
+                drop(
+                    Client::connect(&sock, deadline())
+                        .unwrap()
+                        .retrieve(id, None)
+                        .unwrap(),
+                );
+                Client::connect(&sock, deadline())
+                    .unwrap()
+                    .delete(id, None)
+                    .unwrap();
+            }
+        }
+        ops += 3;
+    }
+    println!("{} {}", ops, start.elapsed().as_nanos());
+}
+
+/// Runs `n` worker processes of `kind` against `sock` for `millis`;
+/// returns the total ops/s.
+fn load(kind: &str, sock: &Path, n: usize, millis: u64) -> f64 {
+    let exe = std::env::current_exe().unwrap();
+    let mut ws: Vec<(Child, ChildStdin, BufReader<ChildStdout>)> = (0..n)
+        .map(|i| {
+            let mut c = Command::new(&exe)
+                .arg("--worker")
+                .arg(kind)
+                .arg(sock)
+                .arg(i.to_string())
+                .arg(millis.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let i = c.stdin.take().unwrap();
+            let o = BufReader::new(c.stdout.take().unwrap());
+            (c, i, o)
+        })
+        .collect();
+    for (_, _, o) in ws.iter_mut() {
+        let mut l = String::new();
+        o.read_line(&mut l).unwrap();
+        assert_eq!(l, "ready\n");
+    }
+    for (_, i, _) in ws.iter_mut() {
+        i.write_all(b"g\n").unwrap();
+    }
+    let mut rate = 0.0;
+    for (mut c, _, mut o) in ws {
+        let mut l = String::new();
+        o.read_line(&mut l).unwrap();
+        let mut it = l.split_whitespace().map(|x| x.parse::<f64>().unwrap());
+        let (ops, ns) = (it.next().unwrap(), it.next().unwrap());
+        rate += ops / (ns / 1e9);
+        assert!(c.wait().unwrap().success());
+    }
+    rate
+}
+
+/// The physical limit: the session exchange (store, retrieve, delete) over
+/// a socketpair, against a process that answers without any daemon logic.
+fn floor_server() {
+    let sock: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let mut rx = Receiver::new(1 << 16);
+    let mut tx: Sender<OwnedFd> = Sender::new();
+    let mut held: Option<OwnedFd> = None;
+    loop {
+        let (op, mut fds) = match rx.take_message().unwrap() {
+            Some((p, f)) => (p.first().copied(), f),
+            None => {
+                let mut pfd = [rustix::event::PollFd::new(
+                    &sock,
+                    rustix::event::PollFlags::IN,
+                )];
+                rustix::event::poll(&mut pfd, None).unwrap();
+                match rx.fill(sock.as_fd()) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        match op {
+            Some(b'S') => {
+                held = fds.pop();
+                tx.push(vec![0], vec![]);
+            }
+            Some(b'R') => tx.push(vec![0], vec![held.as_ref().unwrap().try_clone().unwrap()]),
+            _ => {
+                held = None;
+                tx.push(vec![0], vec![]);
+            }
+        }
+        assert!(tx.flush(sock.as_fd()).unwrap());
+    }
+}
+
+fn floor(millis: u64) -> f64 {
+    let (a, b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::fs::fcntl_setfl(&b, rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .arg("--floor-server")
+        .stdin(Stdio::from(b))
+        .spawn()
+        .unwrap();
+    let mut c = Client::from_fd(a);
+    let fd = devnull();
+    let id = b"floor";
+    let start = Instant::now();
+    let end = start + Duration::from_millis(millis);
+    let mut ops = 0u64;
+    while Instant::now() < end {
+        c.store(fd.as_fd(), id, None, None).unwrap();
+        drop(c.retrieve(id, None).unwrap());
+        c.delete(id, None).unwrap();
+        ops += 3;
+    }
+    let rate = ops as f64 / start.elapsed().as_secs_f64();
+    drop(c);
+    server.wait().unwrap();
+    rate
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .collect()
+}
+
+fn setdump(d: &Daemon, ids: &[Vec<u8>], fd: &OwnedFd) -> Result<Duration, String> {
+    let inf = Tain::infinite_from(Tain::now());
+    let dump: Vec<DumpEntryRef<'_>> = ids
+        .iter()
+        .map(|id| DumpEntryRef {
+            id,
+            fd: fd.as_fd(),
+            limit: inf,
+        })
+        .collect();
+    let mut c = d.client();
+    let t = Instant::now();
+    c.setdump(&dump, deadline()).map_err(|e| e.to_string())?;
+    Ok(t.elapsed())
+}
+
+fn getdump(d: &Daemon, n: usize) -> Result<Duration, String> {
+    let mut c = Client::connect(&d.sock, deadline()).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let dump = c
+        .getdump(Some(Instant::now() + Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let el = t.elapsed();
+    if dump.len() != n {
+        return Err(format!("got {} fds, expected {n}", dump.len()));
+    }
+    Ok(el)
+}
+
+fn clear(d: &Daemon, ids: &[Vec<u8>]) {
+    let mut c = d.client();
+    for id in ids {
+        c.delete(id, deadline()).unwrap();
+    }
+}
+
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn row(&mut self, name: &str, ours: String, reference: String, ratio: String) {
+        println!("{name:<44} {ours:>14} {reference:>14} {ratio:>8}");
+        self.rows.push([name.into(), ours, reference, ratio]);
+    }
+    fn rate(&mut self, name: &str, o: f64, r: f64) {
+        self.row(
+            name,
+            format!("{o:.0}"),
+            format!("{r:.0}"),
+            format!("{:.2}", o / r),
+        );
+    }
+    fn time(&mut self, name: &str, o: Result<f64, String>, r: Result<f64, String>) {
+        let f = |x: &Result<f64, String>| match x {
+            Ok(ms) => format!("{ms:.2}"),
+            Err(_) => "FAILED".into(),
+        };
+        let ratio = match (&o, &r) {
+            (Ok(a), Ok(b)) => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        self.row(name, f(&o), f(&r), ratio);
+        for (who, x) in [("ours", &o), ("reference", &r)] {
+            if let Err(e) = x {
+                println!("    ({who}: {e})");
+            }
+        }
+    }
+}
+
+/// Median over `rounds` alternated runs of `f` on each daemon.
+fn alternate<F: FnMut(&Daemon) -> f64>(
+    rounds: usize,
+    ours: &Daemon,
+    reference: &Daemon,
+    mut f: F,
+) -> (f64, f64) {
+    let (mut o, mut r) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // A B, then B A: neither always goes first.
+        if i % 2 == 0 {
+            o.push(f(ours));
+            r.push(f(reference));
+        } else {
+            r.push(f(reference));
+            o.push(f(ours));
+        }
+    }
+    (median(&mut o), median(&mut r))
+}
+
+fn run_tools(bin: &Path, sock: &Path, pairs: usize) -> Duration {
+    let store = bin.join("s6-fdholder-store");
+    let retrieve = bin.join("s6-fdholder-retrieve");
+    let t = Instant::now();
+    for i in 0..pairs {
+        let id = format!("proc{i}");
+        let st = Command::new(&store)
+            .arg(sock)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{} failed", store.display());
+        let st = Command::new(&retrieve)
+            .arg("-D")
+            .arg(sock)
+            .arg(&id)
+            .arg("/bin/true")
+            .status()
+            .unwrap();
+        assert!(st.success(), "{} failed", retrieve.display());
+    }
+    t.elapsed()
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Worker processes need many descriptors too (getdump of 10,000).
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    );
+    match args.first().map(String::as_str) {
+        Some("--worker") => return worker(&args[1..]),
+        Some("--floor-server") => return floor_server(),
+        _ => {}
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    if !Path::new(REF).exists() {
+        eprintln!("the reference s6 package is not installed (apt-get install s6)");
+        std::process::exit(1);
+    }
+    let (rounds, millis, pairs_per_round, idle_secs) = if quick {
+        (3, 150, 50, 2)
+    } else {
+        (7, 300, 250, 10)
+    };
+    let ours_bin = Path::new(OURS).parent().unwrap().to_path_buf();
+    let ref_bin = PathBuf::from("/usr/bin");
+    let rules = rules_dir();
+    println!(
+        "fdholder compare ({}): daemons with -c {MAXCONN} -n {MAXFDS} -i rules; {rounds} rounds, A B alternated, medians",
+        if quick { "quick" } else { "full" }
+    );
+    println!("ours: {OURS}\nreference: {REF}\n");
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "workload", "ours", "reference", "ours/ref"
+    );
+    let mut t = Table { rows: Vec::new() };
+    let ours = Daemon::start(OURS, "ours", &rules);
+    let reference = Daemon::start(REF, "ref", &rules);
+    let fd = devnull();
+
+    // Throughput.
+    for (kind, n) in [("conn", 1), ("conn", 4), ("session", 1), ("session", 4)] {
+        let (o, r) = alternate(rounds, &ours, &reference, |d| {
+            load(kind, &d.sock, n, millis)
+        });
+        t.rate(&format!("{kind}, {n} client(s) (ops/s)"), o, r);
+    }
+    let mut fl: Vec<f64> = (0..rounds).map(|_| floor(millis)).collect();
+    let fl = median(&mut fl);
+    let (s1, _) = alternate(rounds, &ours, &reference, |d| {
+        load("session", &d.sock, 1, millis)
+    });
+    t.row(
+        "floor: bare socketpair, 1 client (ops/s)",
+        format!("{fl:.0}"),
+        "-".into(),
+        "-".into(),
+    );
+    t.row(
+        "session 1 client ours / floor (re-run)",
+        format!("{s1:.0}"),
+        format!("{fl:.0}"),
+        format!("{:.2}", s1 / fl),
+    );
+
+    // Dumps: setdump into an empty daemon, then getdump, then clear.
+    for n in [253usize, 1000, 10000] {
+        let names = ids("dump", n);
+        let (mut so, mut sr, mut go, mut gr) = (vec![], vec![], vec![], vec![]);
+        let (mut serr, mut gerr) = ([None, None], [None, None]);
+        let dr = if n >= 10000 { rounds.min(3) } else { rounds };
+        for i in 0..dr {
+            let order: [(usize, &Daemon); 2] = if i % 2 == 0 {
+                [(0, &ours), (1, &reference)]
+            } else {
+                [(1, &reference), (0, &ours)]
+            };
+            for (w, d) in order {
+                match setdump(d, &names, &fd) {
+                    Ok(el) => [&mut so, &mut sr][w].push(el.as_secs_f64() * 1e3),
+                    Err(e) => {
+                        serr[w] = Some(e);
+                        continue;
+                    }
+                }
+                if gerr[w].is_none() {
+                    match getdump(d, n) {
+                        Ok(el) => [&mut go, &mut gr][w].push(el.as_secs_f64() * 1e3),
+                        Err(e) => gerr[w] = Some(e),
+                    }
+                }
+                clear(d, &names);
+            }
+        }
+        let res = |v: &mut Vec<f64>, e: &Option<String>| match e {
+            Some(e) => Err(e.clone()),
+            None => Ok(median(v)),
+        };
+        t.time(
+            &format!("getdump of {n} fds (ms)"),
+            res(&mut go, &gerr[0]),
+            res(&mut gr, &gerr[1]),
+        );
+        t.time(
+            &format!("setdump of {n} fds (ms)"),
+            res(&mut so, &serr[0]),
+            res(&mut sr, &serr[1]),
+        );
+    }
+
+    // Scale: session throughput with 10,000 fds already held.
+    let (o0, r0) = alternate(rounds, &ours, &reference, |d| {
+        load("session", &d.sock, 1, millis)
+    });
+    let held = ids("held", 10000);
+    setdump(&ours, &held, &fd).unwrap();
+    setdump(&reference, &held, &fd).unwrap();
+    let (o1, r1) = alternate(rounds, &ours, &reference, |d| {
+        load("session", &d.sock, 1, millis)
+    });
+    t.rate("scale: session, 0 held (ops/s)", o0, r0);
+    t.rate("scale: session, 10,000 held (ops/s)", o1, r1);
+    t.row(
+        "scale: 10,000 held / 0 held",
+        format!("{:.2}", o1 / o0),
+        format!("{:.2}", r1 / r0),
+        "-".into(),
+    );
+    drop(ours);
+    drop(reference);
+
+    // Memory: fresh daemons, RSS at 0, 1,000 and 10,000 held.
+    let ours = Daemon::start(OURS, "ours-mem", &rules);
+    let reference = Daemon::start(REF, "ref-mem", &rules);
+    let all = ids("mem", 10000);
+    let mut prev = 0;
+    for n in [0usize, 1000, 10000] {
+        for d in [&ours, &reference] {
+            if n > prev {
+                setdump(d, &all[prev..n], &fd).unwrap();
+            }
+            // One more exchange, so both have settled after the dump.
+            d.client().list(deadline()).unwrap();
+        }
+        prev = n;
+        let (o, r) = (
+            proc_status(ours.pid(), "VmRSS:"),
+            proc_status(reference.pid(), "VmRSS:"),
+        );
+        t.row(
+            &format!("memory: VmRSS with {n} held (KiB)"),
+            o.to_string(),
+            r.to_string(),
+            format!("{:.2}", o as f64 / r as f64),
+        );
+    }
+
+    // Idle CPU, both at once, holding 10,000 fds.
+    let (o0, r0) = (cpu_ticks(ours.pid()), cpu_ticks(reference.pid()));
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let (o1, r1) = (cpu_ticks(ours.pid()), cpu_ticks(reference.pid()));
+    let tick = rustix::param::clock_ticks_per_second() as f64;
+    t.row(
+        &format!("idle CPU over {idle_secs} s, 10,000 held (ms)"),
+        format!("{:.0}", (o1 - o0) as f64 * 1e3 / tick),
+        format!("{:.0}", (r1 - r0) as f64 * 1e3 / tick),
+        "-".into(),
+    );
+    drop(ours);
+    drop(reference);
+
+    // Processes: store + retrieve -D pairs, each implementation's tools
+    // against its own daemon.
+    let ours = Daemon::start(OURS, "ours-proc", &rules);
+    let reference = Daemon::start(REF, "ref-proc", &rules);
+    let (mut po, mut pr) = (Duration::ZERO, Duration::ZERO);
+    let proc_rounds = if quick { 2 } else { 4 };
+    for i in 0..proc_rounds {
+        if i % 2 == 0 {
+            po += run_tools(&ours_bin, &ours.sock, pairs_per_round);
+            pr += run_tools(&ref_bin, &reference.sock, pairs_per_round);
+        } else {
+            pr += run_tools(&ref_bin, &reference.sock, pairs_per_round);
+            po += run_tools(&ours_bin, &ours.sock, pairs_per_round);
+        }
+    }
+    t.time(
+        &format!(
+            "processes: {} store + retrieve -D pairs (ms)",
+            pairs_per_round * proc_rounds
+        ),
+        Ok(po.as_secs_f64() * 1e3),
+        Ok(pr.as_secs_f64() * 1e3),
+    );
+    drop(ours);
+    drop(reference);
+    let _ = std::fs::remove_dir_all(&rules);
+
+    println!("\nMarkdown:\n");
+    println!("| workload | ours | reference | ours/ref |\n|---|---:|---:|---:|");
+    for r in &t.rows {
+        println!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
+    }
+}
