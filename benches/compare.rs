@@ -117,6 +117,31 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// Pins process `pid` (0: this one) to `cpu`, or lets it run on every CPU.
+fn pin(pid: u32, cpu: Option<usize>) {
+    let mut set = rustix::thread::CpuSet::new();
+    match cpu {
+        Some(c) => set.set(c),
+        None => {
+            for c in 0..rustix::thread::CpuSet::MAX_CPU.min(1024) {
+                set.set(c);
+            }
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(pid as i32);
+    let _ = rustix::thread::sched_setaffinity(pid, &set);
+}
+
+/// Where a load runs: `Free` leaves placement to the scheduler, `Same`
+/// pins the daemon and its client(s) to CPU 0, `Split` pins the daemon to
+/// CPU 0 and the client(s) to CPU 1.
+#[derive(Clone, Copy)]
+enum Place {
+    Free,
+    Same,
+    Split,
+}
+
 // ---------------------------------------------------------------- workers
 
 /// Load generator, run as a separate process: prints "ready", waits for a
@@ -128,6 +153,9 @@ fn worker(args: &[String]) {
         &args[2],
         args[3].parse::<u64>().unwrap(),
     );
+    if let Some(cpu) = args.get(4).and_then(|c| c.parse().ok()) {
+        pin(0, Some(cpu));
+    }
     let id = format!("bench-{kind}-{idx}");
     let id = id.as_bytes();
     let fd = devnull();
@@ -170,7 +198,20 @@ fn worker(args: &[String]) {
 
 /// Runs `n` worker processes of `kind` against `sock` for `millis`;
 /// returns the total ops/s.
-fn load(kind: &str, sock: &Path, n: usize, millis: u64) -> f64 {
+fn load(kind: &str, d: &Daemon, n: usize, millis: u64, place: Place) -> f64 {
+    let sock = &d.sock;
+    let (dcpu, ccpu) = match place {
+        Place::Free => (None, None),
+        Place::Same => (Some(0), Some(0)),
+        Place::Split => (Some(0), Some(1)),
+    };
+    pin(d.pid(), dcpu);
+    let r = load_on(kind, sock, n, millis, ccpu);
+    pin(d.pid(), None);
+    r
+}
+
+fn load_on(kind: &str, sock: &Path, n: usize, millis: u64, cpu: Option<usize>) -> f64 {
     let exe = std::env::current_exe().unwrap();
     let mut ws: Vec<(Child, ChildStdin, BufReader<ChildStdout>)> = (0..n)
         .map(|i| {
@@ -180,6 +221,7 @@ fn load(kind: &str, sock: &Path, n: usize, millis: u64) -> f64 {
                 .arg(sock)
                 .arg(i.to_string())
                 .arg(millis.to_string())
+                .args(cpu.map(|c| c.to_string()))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -262,6 +304,9 @@ fn floor(millis: u64) -> f64 {
         .stdin(Stdio::from(b))
         .spawn()
         .unwrap();
+    // Same placement as the single-client loads: both on CPU 0.
+    pin(server.id(), Some(0));
+    pin(0, Some(0));
     let mut c = Client::from_fd(a);
     let fd = devnull();
     let id = b"floor";
@@ -275,6 +320,7 @@ fn floor(millis: u64) -> f64 {
         ops += 3;
     }
     let rate = ops as f64 / start.elapsed().as_secs_f64();
+    pin(0, None);
     drop(c);
     server.wait().unwrap();
     rate
@@ -345,12 +391,12 @@ impl Table {
         println!("{name:<44} {ours:>14} {reference:>14} {ratio:>8}");
         self.rows.push([name.into(), ours, reference, ratio]);
     }
-    fn rate(&mut self, name: &str, o: f64, r: f64) {
+    fn rate(&mut self, name: &str, (o, r, q): (f64, f64, f64)) {
         self.row(
             name,
             format!("{o:.0}"),
             format!("{r:.0}"),
-            format!("{:.2}", o / r),
+            format!("{q:.2}"),
         );
     }
     fn time(&mut self, name: &str, o: Result<f64, String>, r: Result<f64, String>) {
@@ -371,49 +417,51 @@ impl Table {
     }
 }
 
-/// Median over `rounds` alternated runs of `f` on each daemon.
+/// Runs `f` on each daemon `rounds` times, alternated (A B, B A, ...).
+/// Returns the median of each and the median of the per-round ratios
+/// ours/reference (runs of one round are back to back, so the ratio of a
+/// round is fair even when the machine's load drifts between rounds).
 fn alternate<F: FnMut(&Daemon) -> f64>(
     rounds: usize,
     ours: &Daemon,
     reference: &Daemon,
     mut f: F,
-) -> (f64, f64) {
-    let (mut o, mut r) = (Vec::new(), Vec::new());
+) -> (f64, f64, f64) {
+    let (mut o, mut r, mut q) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..rounds {
-        // A B, then B A: neither always goes first.
-        if i % 2 == 0 {
-            o.push(f(ours));
-            r.push(f(reference));
+        let (a, b) = if i % 2 == 0 {
+            let a = f(ours);
+            (a, f(reference))
         } else {
-            r.push(f(reference));
-            o.push(f(ours));
-        }
+            let b = f(reference);
+            (f(ours), b)
+        };
+        o.push(a);
+        r.push(b);
+        q.push(a / b);
     }
-    (median(&mut o), median(&mut r))
+    (median(&mut o), median(&mut r), median(&mut q))
 }
 
-fn run_tools(bin: &Path, sock: &Path, pairs: usize) -> Duration {
-    let store = bin.join("s6-fdholder-store");
-    let retrieve = bin.join("s6-fdholder-retrieve");
+/// One store + retrieve -D pair of processes; returns its wall time.
+fn tool_pair(bin: &Path, sock: &Path, i: usize) -> Duration {
+    let id = format!("proc{i}");
     let t = Instant::now();
-    for i in 0..pairs {
-        let id = format!("proc{i}");
-        let st = Command::new(&store)
-            .arg(sock)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "{} failed", store.display());
-        let st = Command::new(&retrieve)
-            .arg("-D")
-            .arg(sock)
-            .arg(&id)
-            .arg("/bin/true")
-            .status()
-            .unwrap();
-        assert!(st.success(), "{} failed", retrieve.display());
-    }
+    let st = Command::new(bin.join("s6-fdholder-store"))
+        .arg(sock)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "store failed in {}", bin.display());
+    let st = Command::new(bin.join("s6-fdholder-retrieve"))
+        .arg("-D")
+        .arg(sock)
+        .arg(&id)
+        .arg("/bin/true")
+        .status()
+        .unwrap();
+    assert!(st.success(), "retrieve failed in {}", bin.display());
     t.elapsed()
 }
 
@@ -440,10 +488,10 @@ fn main() {
         eprintln!("the reference s6 package is not installed (apt-get install s6)");
         std::process::exit(1);
     }
-    let (rounds, millis, pairs_per_round, idle_secs) = if quick {
-        (3, 150, 50, 2)
+    let (rounds, millis, pairs, idle_secs) = if quick {
+        (5, 100, 200, 2)
     } else {
-        (7, 300, 250, 10)
+        (15, 200, 1000, 10)
     };
     let ours_bin = Path::new(OURS).parent().unwrap().to_path_buf();
     let ref_bin = PathBuf::from("/usr/bin");
@@ -463,28 +511,37 @@ fn main() {
     let fd = devnull();
 
     // Throughput.
-    for (kind, n) in [("conn", 1), ("conn", 4), ("session", 1), ("session", 4)] {
-        let (o, r) = alternate(rounds, &ours, &reference, |d| {
-            load(kind, &d.sock, n, millis)
+    for (kind, n, place, how) in [
+        ("conn", 1, Place::Same, "same CPU"),
+        ("conn", 4, Place::Free, "unpinned"),
+        ("session", 1, Place::Same, "same CPU"),
+        ("session", 1, Place::Split, "split CPUs"),
+        ("session", 4, Place::Free, "unpinned"),
+    ] {
+        let m = alternate(rounds, &ours, &reference, |d| {
+            load(kind, d, n, millis, place)
         });
-        t.rate(&format!("{kind}, {n} client(s) (ops/s)"), o, r);
+        t.rate(&format!("{kind}, {n} client(s), {how} (ops/s)"), m);
     }
-    let mut fl: Vec<f64> = (0..rounds).map(|_| floor(millis)).collect();
-    let fl = median(&mut fl);
-    let (s1, _) = alternate(rounds, &ours, &reference, |d| {
-        load("session", &d.sock, 1, millis)
-    });
+    // The floor, alternated with our single-client session.
+    let (mut fl, mut s1, mut q) = (vec![], vec![], vec![]);
+    for i in 0..rounds {
+        let (a, b) = if i % 2 == 0 {
+            let a = load("session", &ours, 1, millis, Place::Same);
+            (a, floor(millis))
+        } else {
+            let b = floor(millis);
+            (load("session", &ours, 1, millis, Place::Same), b)
+        };
+        s1.push(a);
+        fl.push(b);
+        q.push(a / b);
+    }
     t.row(
-        "floor: bare socketpair, 1 client (ops/s)",
-        format!("{fl:.0}"),
-        "-".into(),
-        "-".into(),
-    );
-    t.row(
-        "session 1 client ours / floor (re-run)",
-        format!("{s1:.0}"),
-        format!("{fl:.0}"),
-        format!("{:.2}", s1 / fl),
+        "session, 1 client, same CPU: ours vs floor",
+        format!("{:.0}", median(&mut s1)),
+        format!("{:.0}", median(&mut fl)),
+        format!("{:.2}", median(&mut q)),
     );
 
     // Dumps: setdump into an empty daemon, then getdump, then clear.
@@ -533,21 +590,21 @@ fn main() {
     }
 
     // Scale: session throughput with 10,000 fds already held.
-    let (o0, r0) = alternate(rounds, &ours, &reference, |d| {
-        load("session", &d.sock, 1, millis)
+    let m0 = alternate(rounds, &ours, &reference, |d| {
+        load("session", d, 1, millis, Place::Same)
     });
     let held = ids("held", 10000);
     setdump(&ours, &held, &fd).unwrap();
     setdump(&reference, &held, &fd).unwrap();
-    let (o1, r1) = alternate(rounds, &ours, &reference, |d| {
-        load("session", &d.sock, 1, millis)
+    let m1 = alternate(rounds, &ours, &reference, |d| {
+        load("session", d, 1, millis, Place::Same)
     });
-    t.rate("scale: session, 0 held (ops/s)", o0, r0);
-    t.rate("scale: session, 10,000 held (ops/s)", o1, r1);
+    t.rate("scale: session, 0 held (ops/s)", m0);
+    t.rate("scale: session, 10,000 held (ops/s)", m1);
     t.row(
-        "scale: 10,000 held / 0 held",
-        format!("{:.2}", o1 / o0),
-        format!("{:.2}", r1 / r0),
+        "scale: 10,000 held / 0 held (medians)",
+        format!("{:.2}", m1.0 / m0.0),
+        format!("{:.2}", m1.1 / m0.1),
         "-".into(),
     );
     drop(ours);
@@ -597,22 +654,19 @@ fn main() {
     // against its own daemon.
     let ours = Daemon::start(OURS, "ours-proc", &rules);
     let reference = Daemon::start(REF, "ref-proc", &rules);
+    // Alternated pair by pair; totals.
     let (mut po, mut pr) = (Duration::ZERO, Duration::ZERO);
-    let proc_rounds = if quick { 2 } else { 4 };
-    for i in 0..proc_rounds {
+    for i in 0..pairs {
         if i % 2 == 0 {
-            po += run_tools(&ours_bin, &ours.sock, pairs_per_round);
-            pr += run_tools(&ref_bin, &reference.sock, pairs_per_round);
+            po += tool_pair(&ours_bin, &ours.sock, i);
+            pr += tool_pair(&ref_bin, &reference.sock, i);
         } else {
-            pr += run_tools(&ref_bin, &reference.sock, pairs_per_round);
-            po += run_tools(&ours_bin, &ours.sock, pairs_per_round);
+            pr += tool_pair(&ref_bin, &reference.sock, i);
+            po += tool_pair(&ours_bin, &ours.sock, i);
         }
     }
     t.time(
-        &format!(
-            "processes: {} store + retrieve -D pairs (ms)",
-            pairs_per_round * proc_rounds
-        ),
+        &format!("processes: {pairs} store + retrieve -D pairs, total (ms)"),
         Ok(po.as_secs_f64() * 1e3),
         Ok(pr.as_secs_f64() * 1e3),
     );
