@@ -1,7 +1,8 @@
 //! `s6-fdholder-delete`: makes the daemon close and forget an fd.
 //! See `docs/s6-fdholder-delete.md`.
 
-#![no_main]
+// Not under `cargo test`, which builds each program as a test harness.
+#![cfg_attr(not(test), no_main)]
 
 use fdholder::cli::{EXIT_REFUSED, Prog};
 
@@ -15,12 +16,14 @@ const PROG: Prog = Prog {
 /// through /proc/self/maps, sigaltstack), about 25 system calls that a
 /// one-shot client does not need. std still works: arguments and the
 /// environment come from glibc, and `process::exit` flushes stdout.
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     run();
     std::process::exit(0)
 }
 
+#[cfg_attr(test, allow(dead_code))]
 fn run() {
     let (opts, args) = PROG.getopt("t:");
     let mut deadline = None;
