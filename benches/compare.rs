@@ -589,24 +589,43 @@ fn main() {
         );
     }
 
-    // Scale: session throughput with 10,000 fds already held.
-    let m0 = alternate(rounds, &ours, &reference, |d| {
-        load("session", d, 1, millis, Place::Same)
-    });
+    // Scale: session throughput with 0 and with 10,000 fds held, on four
+    // daemons (ours and the reference, empty and loaded) run in rotating
+    // order each round, so that every ratio is between back-to-back runs.
     let held = ids("held", 10000);
-    setdump(&ours, &held, &fd).unwrap();
-    setdump(&reference, &held, &fd).unwrap();
-    let m1 = alternate(rounds, &ours, &reference, |d| {
-        load("session", d, 1, millis, Place::Same)
-    });
-    t.rate("scale: session, 0 held (ops/s)", m0);
-    t.rate("scale: session, 10,000 held (ops/s)", m1);
+    let ours_full = Daemon::start(OURS, "ours-full", &rules);
+    let ref_full = Daemon::start(REF, "ref-full", &rules);
+    setdump(&ours_full, &held, &fd).unwrap();
+    setdump(&ref_full, &held, &fd).unwrap();
+    let four = [&ours, &ours_full, &reference, &ref_full];
+    let mut runs: [Vec<f64>; 4] = Default::default();
+    let mut q: [Vec<f64>; 4] = Default::default();
+    for i in 0..rounds {
+        let mut r = [0.0; 4];
+        for k in 0..4 {
+            let j = (i + k) % 4;
+            r[j] = load("session", four[j], 1, millis, Place::Same);
+        }
+        for j in 0..4 {
+            runs[j].push(r[j]);
+        }
+        q[0].push(r[0] / r[2]); // ours / reference, 0 held
+        q[1].push(r[1] / r[3]); // ours / reference, 10,000 held
+        q[2].push(r[1] / r[0]); // ours: 10,000 held / 0 held
+        q[3].push(r[3] / r[2]); // reference: 10,000 held / 0 held
+    }
+    let [m0, m1, m2, m3] = runs.map(|mut v| median(&mut v));
+    let [q0, q1, q2, q3] = q.map(|mut v| median(&mut v));
+    t.rate("scale: session, 0 held (ops/s)", (m0, m2, q0));
+    t.rate("scale: session, 10,000 held (ops/s)", (m1, m3, q1));
     t.row(
-        "scale: 10,000 held / 0 held (medians)",
-        format!("{:.2}", m1.0 / m0.0),
-        format!("{:.2}", m1.1 / m0.1),
+        "scale: 10,000 held / 0 held",
+        format!("{q2:.2}"),
+        format!("{q3:.2}"),
         "-".into(),
     );
+    drop(ours_full);
+    drop(ref_full);
     drop(ours);
     drop(reference);
 
