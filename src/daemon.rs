@@ -204,6 +204,10 @@ struct Daemon<'a> {
     accepting: bool,
     accept_backoff: Option<Instant>,
     lameduck: Option<Option<Instant>>,
+    /// This process's euid and egid, for `uid/self` and `gid/self`: read
+    /// once, they never change while the daemon runs.
+    euid: u32,
+    egid: u32,
 }
 
 fn err(e: rustix::io::Errno) -> io::Error {
@@ -262,6 +266,8 @@ pub fn run(
         accepting: true,
         accept_backoff: None,
         lameduck: None,
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
     };
     ready();
     d.main_loop()
@@ -408,7 +414,13 @@ impl Daemon<'_> {
                 self.listener,
                 SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
             ) {
-                Ok(sock) => self.new_connection(sock),
+                Ok(sock) => {
+                    // One per wake-up: the listener is level-triggered, so
+                    // epoll reports it again while more wait, and a lone
+                    // client costs no accept4 that fails with EAGAIN.
+                    self.new_connection(sock);
+                    break;
+                }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::CONNABORTED) => {}
                 Err(e) => {
@@ -482,7 +494,7 @@ impl Daemon<'_> {
 
     /// Judges a peer: `None` refuses it (no rule, deny, error, bad regex).
     fn rights_for(&mut self, uid: u32, gid: u32) -> Option<Rights> {
-        let params = match self.rules.check_uidgid(uid, gid) {
+        let params = match self.rules.check_uidgid_as(uid, gid, self.euid, self.egid) {
             Ok(Decision::Allow(p)) => p,
             Ok(_) => return None,
             Err(e) => {
@@ -542,7 +554,10 @@ impl Daemon<'_> {
 
     fn drop_conn(&mut self, i: usize) {
         if let Some(c) = self.conns.get_mut(i).and_then(Option::take) {
-            let _ = epoll::delete(&self.epoll, &c.sock);
+            // Dropping `c` closes its socket, the only descriptor of that
+            // open file (never duplicated), which removes it from the epoll
+            // set: no epoll_ctl(DEL) needed.
+            drop(c);
             self.nconns -= 1;
         }
     }

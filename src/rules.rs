@@ -104,6 +104,18 @@ impl Rules {
     pub fn check_uidgid(&self, uid: u32, gid: u32) -> io::Result<Decision> {
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
+        self.check_uidgid_as(uid, gid, euid, egid)
+    }
+
+    /// [`Rules::check_uidgid`] with this process's euid and egid given
+    /// (the daemon reads them once: they never change while it runs).
+    pub fn check_uidgid_as(
+        &self,
+        uid: u32,
+        gid: u32,
+        euid: u32,
+        egid: u32,
+    ) -> io::Result<Decision> {
         check_uidgid_with(|k| self.lookup(k), uid, gid, euid, egid)
     }
 }
@@ -143,24 +155,51 @@ fn readable(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Appends `/c` to a path being built (no slash on an empty path or after
+/// one), as `Path::push` does for a relative component.
+fn push_component(p: &mut Vec<u8>, c: &[u8]) {
+    if !p.is_empty() && p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(c);
+}
+
+fn as_path(p: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(p))
+}
+
 /// Looks up `key` in a rules directory: `DIR/key/allow` allows (with
 /// `env/` and `exec`), else `DIR/key/deny` denies, else not found.
 pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
-    let base = dir.join(key);
-    if !readable(&base.join("allow"))? {
-        return Ok(if readable(&base.join("deny"))? {
+    // One buffer for every path below DIR/key (append a component, then
+    // truncate back): `join` would allocate, then reallocate, each time.
+    let mut p = Vec::with_capacity(dir.as_os_str().len() + key.len() + 8);
+    push_component(&mut p, dir.as_os_str().as_bytes());
+    push_component(&mut p, key.as_bytes());
+    let base = p.len();
+    let sub = |p: &mut Vec<u8>, name: &str| {
+        push_component(p, name.as_bytes());
+        let r = readable(as_path(p));
+        p.truncate(base);
+        r
+    };
+    if !sub(&mut p, "allow")? {
+        return Ok(if sub(&mut p, "deny")? {
             Decision::Deny
         } else {
             Decision::NotFound
         });
     }
-    let env = match read_envdir(&base.join("env")) {
+    push_component(&mut p, b"env");
+    let env = match read_envdir(as_path(&p)) {
         Ok(env) => env,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
+    p.truncate(base);
+    push_component(&mut p, b"exec");
     let mut exec = Vec::new();
-    match File::open(base.join("exec")) {
+    match File::open(as_path(&p)) {
         Ok(f) => {
             f.take(4096).read_to_end(&mut exec)?;
         }
@@ -174,6 +213,31 @@ pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
 /// skalibs' `envdir` (`MAXVARSIZE`).
 const MAX_VAR_SIZE: u64 = 4095;
 
+/// Reads what [`read_envdir`] needs of a file: its first 4095 bytes, or
+/// fewer as soon as a newline has been read (nothing after the first
+/// newline counts, so the value is the same). A one-line file costs one
+/// `read` instead of the two of `read_to_end` (data, then EOF).
+fn read_first_line(f: File) -> io::Result<Vec<u8>> {
+    // Read into spare capacity: no zeroing of the 4095 bytes first.
+    let mut buf = Vec::with_capacity(MAX_VAR_SIZE as usize);
+    while buf.len() < MAX_VAR_SIZE as usize {
+        let before = buf.len();
+        match rustix::io::read(&f, rustix::buffer::spare_capacity(&mut buf)) {
+            Ok(0) => break,
+            Ok(_) => {
+                if buf[before..].contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Should the allocator have given more capacity than asked.
+    buf.truncate(MAX_VAR_SIZE as usize);
+    Ok(buf)
+}
+
 /// Reads an environment directory: each file is a variable (names starting
 /// with `.` or containing `=` are skipped); its value is the first line of
 /// the file's first 4095 bytes, trailing spaces, tabs and CRs removed, NULs
@@ -184,14 +248,19 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
     let names = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<Vec<_>>>()?;
-    let mut env = Vec::new();
+    let mut env = Vec::with_capacity(names.len());
+    let mut path = Vec::with_capacity(dir.as_os_str().len() + 1 + 256);
+    push_component(&mut path, dir.as_os_str().as_bytes());
+    let base = path.len();
     for name in &names {
-        let path = dir.join(name);
-        let name = name.as_bytes();
-        if name.first() == Some(&b'.') || name.contains(&b'=') {
+        if name.as_bytes().first() == Some(&b'.') || name.as_bytes().contains(&b'=') {
             continue;
         }
-        let f = File::open(path).map_err(|e| {
+        push_component(&mut path, name.as_bytes());
+        let f = File::open(as_path(&path));
+        path.truncate(base);
+        let name = name.as_bytes();
+        let f = f.map_err(|e| {
             // The file vanished between readdir and open: as the reference.
             if e.kind() == io::ErrorKind::NotFound {
                 io::Error::from_raw_os_error(libc::EIDRM)
@@ -201,8 +270,7 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
         })?;
         // skalibs reads at most 4095 bytes of each file, then cuts at the
         // first newline.
-        let mut line = Vec::new();
-        f.take(MAX_VAR_SIZE).read_to_end(&mut line)?;
+        let mut line = read_first_line(f)?;
         let value = if line.is_empty() {
             None
         } else {

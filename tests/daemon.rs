@@ -369,6 +369,47 @@ fn rights_are_enforced_per_operation() {
 }
 
 #[test]
+fn regex_edits_act_on_the_next_connection() {
+    // The daemon reads only the first line of an env file (and may stop
+    // reading there); a new value must be seen by the very next connection,
+    // whatever regex was compiled (and cached) for the previous one.
+    both(|which| {
+        let dir = common::tmpdir("regex-edit");
+        let rules = dir.join("rules");
+        let me = format!("uid/{}", rustix::process::geteuid().as_raw());
+        common::allow(&rules, &me, &[]);
+        let re = rules.join(&me).join("env/S6_FDHOLDER_STORE_REGEX");
+        std::fs::write(&re, "^a\n^b\n").unwrap();
+        let d = Daemon::start_with(
+            which,
+            Opts {
+                rules: Some(("-i", rules.clone())),
+                ..Opts::default()
+            },
+        );
+        let f = file_with(&d.dir, "f", b"");
+        let mut c = d.client();
+        c.store(f.as_fd(), b"a1", None, None).unwrap();
+        assert_eq!(
+            errno(c.store(f.as_fd(), b"b1", None, None).unwrap_err()),
+            libc::EPERM,
+            "{which:?}: only the first line counts"
+        );
+        std::fs::write(&re, "^b").unwrap();
+        let mut c2 = d.client();
+        c2.store(f.as_fd(), b"b1", None, None).unwrap();
+        assert_eq!(
+            errno(c2.store(f.as_fd(), b"a2", None, None).unwrap_err()),
+            libc::EPERM,
+            "{which:?}: the edited regex acts on the next connection"
+        );
+        // The first connection keeps the rights it was given.
+        c.store(f.as_fd(), b"a2", None, None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+#[test]
 fn invalid_regex_refuses_the_connection_with_a_warning() {
     let dir = common::tmpdir("badre");
     let rules = dir.join("rules");

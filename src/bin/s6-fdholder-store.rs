@@ -1,6 +1,9 @@
 //! `s6-fdholder-store`: gives a copy of one of its fds to the daemon.
 //! See `docs/s6-fdholder-store.md`.
 
+// Not under `cargo test`, which builds each program as a test harness.
+#![cfg_attr(not(test), no_main)]
+
 use std::time::Duration;
 
 use fdholder::Tain;
@@ -11,7 +14,20 @@ const PROG: Prog = Prog {
     usage: "s6-fdholder-store [ -d fd ] [ -t timeout ] [ -T fdtimeout ] socket id",
 };
 
-fn main() {
+/// The C entry point, as the reference's programs have: std's runtime
+/// setup is skipped (stdio sanitising, SIGPIPE ignored, stack-guard probe
+/// through /proc/self/maps, sigaltstack), about 25 system calls that a
+/// one-shot client does not need. std still works: arguments and the
+/// environment come from glibc, and `process::exit` flushes stdout.
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    run();
+    std::process::exit(0)
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn run() {
     let (opts, args) = PROG.getopt("d:t:T:");
     let (mut fd, mut deadline, mut fdtimeout) = (0, None, 0);
     for (c, v) in opts {
