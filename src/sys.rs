@@ -201,6 +201,29 @@ pub fn borrow_fd_number(n: u32) -> io::Result<std::os::fd::BorrowedFd<'static>> 
     Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) })
 }
 
+/// Defines a program's C `main` calling `$run`, as the reference's
+/// programs start: std's runtime setup (stdio sanitising, SIGPIPE ignored,
+/// the stack-guard probe through /proc/self/maps, sigaltstack: about 20
+/// system calls) is skipped, which matters for one-shot clients run from
+/// scripts. std still works: glibc hands the arguments and the environment
+/// to std, and `process::exit` flushes stdout. SIGPIPE keeps its default
+/// disposition, as in the reference's programs.
+///
+/// Use with `#![cfg_attr(not(test), no_main)]` at the top of the program.
+#[macro_export]
+macro_rules! c_main {
+    ($run:path) => {
+        // SAFETY: this is the only symbol named `main` in the program (std's
+        // is disabled by `no_main`), with the C signature glibc calls.
+        #[cfg(not(test))]
+        #[unsafe(no_mangle)]
+        extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+            $run();
+            ::std::process::exit(0)
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

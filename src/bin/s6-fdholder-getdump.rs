@@ -2,6 +2,9 @@
 //! program with them open and described in its environment.
 //! See `docs/s6-fdholder-getdump.md`.
 
+// Not under `cargo test`, which builds each program as a test harness.
+#![cfg_attr(not(test), no_main)]
+
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
@@ -14,7 +17,10 @@ const PROG: Prog = Prog {
     usage: "s6-fdholder-getdump [ -t timeout ] socket prog...",
 };
 
-fn main() {
+fdholder::c_main!(run);
+
+#[cfg_attr(test, allow(dead_code))]
+fn run() {
     let (opts, args) = PROG.getopt("t:");
     let mut deadline = None;
     for (c, v) in opts {

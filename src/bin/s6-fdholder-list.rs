@@ -1,6 +1,9 @@
 //! `s6-fdholder-list`: prints the ids the daemon holds, one a line, quoted.
 //! See `docs/s6-fdholder-list.md`.
 
+// Not under `cargo test`, which builds each program as a test harness.
+#![cfg_attr(not(test), no_main)]
+
 use std::io::Write;
 
 use fdholder::cli::{EXIT_REFUSED, EXIT_SYS, Prog, quote};
@@ -10,7 +13,10 @@ const PROG: Prog = Prog {
     usage: "s6-fdholder-list [ -t timeout ] socket",
 };
 
-fn main() {
+fdholder::c_main!(run);
+
+#[cfg_attr(test, allow(dead_code))]
+fn run() {
     let (opts, args) = PROG.getopt("t:");
     let mut deadline = None;
     for (c, v) in opts {

@@ -11,17 +11,7 @@ const PROG: Prog = Prog {
     usage: "s6-fdholder-retrieve [ -D ] [ -t timeout ] socket id prog...",
 };
 
-/// The C entry point, as the reference's programs have: std's runtime
-/// setup is skipped (stdio sanitising, SIGPIPE ignored, stack-guard probe
-/// through /proc/self/maps, sigaltstack), about 25 system calls that a
-/// one-shot client does not need. std still works: arguments and the
-/// environment come from glibc, and `process::exit` flushes stdout.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    run();
-    std::process::exit(0)
-}
+fdholder::c_main!(run);
 
 #[cfg_attr(test, allow(dead_code))]
 fn run() {

@@ -2,6 +2,9 @@
 //! `s6-fdholder-getdump` sets it) to the daemon.
 //! See `docs/s6-fdholder-setdump.md`.
 
+// Not under `cargo test`, which builds each program as a test harness.
+#![cfg_attr(not(test), no_main)]
+
 use std::ffi::OsStr;
 
 use fdholder::cli::{EXIT_REFUSED, EXIT_USAGE, Prog};
@@ -23,7 +26,10 @@ fn invalid(name: &str) -> ! {
     PROG.die(EXIT_USAGE, format_args!("invalid ${name}"))
 }
 
-fn main() {
+fdholder::c_main!(run);
+
+#[cfg_attr(test, allow(dead_code))]
+fn run() {
     let (opts, args) = PROG.getopt("t:");
     let mut deadline = None;
     for (c, v) in opts {

@@ -1,6 +1,9 @@
 //! `s6-fdholder-transferdump`: moves every fd from one daemon to another.
 //! See `docs/s6-fdholder-transferdump.md`.
 
+// Not under `cargo test`, which builds each program as a test harness.
+#![cfg_attr(not(test), no_main)]
+
 use std::ffi::OsStr;
 
 use fdholder::cli::{EXIT_REFUSED, Prog, deadline_ms, parse_uint};
@@ -33,7 +36,10 @@ fn parse_timeouts(s: &OsStr) -> Option<(u32, u32)> {
     Some((num(from)?, num(to)?))
 }
 
-fn main() {
+fdholder::c_main!(run);
+
+#[cfg_attr(test, allow(dead_code))]
+fn run() {
     let (opts, args) = PROG.getopt("t:");
     let (mut tfrom, mut tto) = (0, 0);
     for (c, v) in opts {
