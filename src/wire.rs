@@ -263,6 +263,12 @@ impl Receiver {
     pub fn take_message(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
         let avail = self.end - self.start;
         if avail < HEADER {
+            if avail == 0 && !self.fds.is_empty() {
+                // Descriptors come with their message's first bytes: with
+                // no byte left, these came with a message that did not
+                // announce them. Refuse them rather than let them pile up.
+                return Err(FrameError::TooManyFds);
+            }
             self.maybe_shrink();
             return Ok(None);
         }
@@ -275,7 +281,14 @@ impl Receiver {
         if nfds > MAX_FDS {
             return Err(FrameError::TooManyFds);
         }
-        if avail < HEADER + len || self.fds.len() < nfds {
+        if avail < HEADER + len {
+            if self.fds.len() > nfds {
+                // No later message has started yet: these are extra fds.
+                return Err(FrameError::TooManyFds);
+            }
+            return Ok(None);
+        }
+        if self.fds.len() < nfds {
             return Ok(None);
         }
         let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
