@@ -368,8 +368,7 @@ fn setdump_started(d: &Daemon, f: &File) -> Raw {
 
 fn wait_exit(d: Daemon) -> Option<i32> {
     let mut d = d;
-    let code = common::wait_timeout(&mut d.child, Duration::from_secs(10));
-    code
+    common::wait_timeout(&mut d.child, Duration::from_secs(10))
 }
 
 #[test]
@@ -558,9 +557,12 @@ fn a_logger_gone_never_kills_the_daemon() {
     }
 }
 
+/// What a held fd must be: id, file identity, offset, limit.
+type Want = (Vec<u8>, (u64, u64), u64, Tain);
+
 /// A daemon holding `n` fds, each its own open file at its own offset,
 /// some with finite limits.
-fn populated(which: Impl, n: usize) -> (Daemon, Vec<(Vec<u8>, (u64, u64), u64, Tain)>) {
+fn populated(which: Impl, n: usize) -> (Daemon, Vec<Want>) {
     let d = Daemon::start(which);
     let mut want = Vec::new();
     let mut files = Vec::new();
@@ -593,7 +595,7 @@ fn populated(which: Impl, n: usize) -> (Daemon, Vec<(Vec<u8>, (u64, u64), u64, T
     (d, want)
 }
 
-fn check_dump(d: &Daemon, want: &[(Vec<u8>, (u64, u64), u64, Tain)], what: &str) {
+fn check_dump(d: &Daemon, want: &[Want], what: &str) {
     let mut dump = d.client().getdump(None).unwrap();
     dump.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(dump.len(), want.len(), "{what}");
