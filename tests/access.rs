@@ -9,10 +9,11 @@ mod common;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
-use common::{ALL_RIGHTS, Daemon, Impl, Opts, allow, deny, file_with, have_reference, ours};
+use common::{ALL_RIGHTS, Daemon, Impl, Opts, allow, deny, file_with, have_reference};
 
 /// A uid and gid no real user has.
 const U: u32 = 4242;
@@ -41,6 +42,39 @@ fn start(which: Impl, rules: &Path) -> Daemon {
     );
     std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     d
+}
+
+/// Our programs, copied where any uid may run them (the build directory
+/// may be under a home only root can enter).
+fn ours(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        // Those of earlier runs go.
+        for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = n.strip_prefix("fdholder-access-bin-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("fdholder-access-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for p in [
+            "s6-applyuidgid",
+            "s6-fdholder-store",
+            "s6-fdholder-retrieve",
+            "s6-fdholder-delete",
+            "s6-fdholder-list",
+            "s6-fdholder-getdump",
+            "s6-fdholder-setdump",
+        ] {
+            std::fs::copy(common::ours(p), dir.join(p)).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    });
+    dir.join(name)
 }
 
 /// Runs one of our client tools as `uid`/`gid`; returns its exit code.

@@ -612,7 +612,7 @@ fn half_a_request_then_silence_is_dropped_with_client_timeout() {
     let d = Daemon::start_with(
         Impl::Ours,
         Opts {
-            args: &["-t", "200"],
+            args: &["-t", "500"],
             ..Opts::default()
         },
     );
@@ -694,7 +694,7 @@ fn client_that_never_reads_is_dropped_with_client_timeout() {
     let d = Daemon::start_with(
         Impl::Ours,
         Opts {
-            args: &["-t", "300"],
+            args: &["-t", "1000"],
             ..Opts::default()
         },
     );
