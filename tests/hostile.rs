@@ -85,10 +85,22 @@ thread_local! {
     static SOCK: std::cell::RefCell<std::path::PathBuf> = Default::default();
 }
 
-/// Runs the steps on a raw connection, then closes it; checks (a), (b), (c).
+/// Runs the steps on a raw connection, then closes it; checks (a), (b), (c)
+/// on our daemon. The reference daemon, when installed, gets the same
+/// steps and must pass (b) and (c) too; for (a) it must answer valid
+/// requests alike, but may answer or wait where ours drops (it is laxer
+/// about ids: see RELIABILITY.md).
 fn run_case_with(args: &[&str], steps: Vec<Step>) {
+    run_on(Impl::Ours, args, &steps);
+    if common::have_reference() {
+        run_on(Impl::Reference, args, &steps);
+    }
+}
+
+fn run_on(which: Impl, args: &[&str], steps: &[Step]) {
+    let strict = which == Impl::Ours;
     let d = Daemon::start_with(
-        Impl::Ours,
+        which,
         Opts {
             args,
             ..Opts::default()
@@ -107,7 +119,12 @@ fn run_case_with(args: &[&str], steps: Vec<Step>) {
             Want::Answer(e) => {
                 sent.unwrap();
                 let rep = r.recv();
-                assert_eq!(rep.code(), e, "step {i}: wrong answer");
+                assert_eq!(rep.code(), e, "{which:?} step {i}: wrong answer");
+            }
+            Want::Dropped | Want::AnsweredThenDropped(_) if !strict => {
+                // Whatever it does, the rest of the case no longer applies.
+                let _ = r.recv_within(300);
+                closed = true;
             }
             Want::Dropped => {
                 assert!(r.recv().is_closed(), "step {i}: connection not dropped");
@@ -119,14 +136,19 @@ fn run_case_with(args: &[&str], steps: Vec<Step>) {
                 closed = true;
             }
             Want::AnyMessage => {
-                assert!(!r.recv().is_closed(), "step {i}: closed");
+                assert!(!r.recv().is_closed(), "{which:?} step {i}: closed");
             }
             Want::Nothing => {
                 sent.unwrap();
-                assert!(
-                    r.recv_within(100).is_none(),
-                    "step {i}: the daemon answered or closed too early"
-                );
+                let early = r.recv_within(100);
+                if strict {
+                    assert!(
+                        early.is_none(),
+                        "step {i}: the daemon answered or closed too early"
+                    );
+                } else if early.is_some() {
+                    closed = true;
+                }
             }
         }
         by.check();
@@ -144,8 +166,13 @@ fn run_case_with(args: &[&str], steps: Vec<Step>) {
     }
     drop(c);
     by.finish();
-    assert_eq!(d.wait_fds(base), base, "fd leak; stderr: {}", d.stderr());
-    assert!(d.stderr().is_empty() || !d.stderr().contains("panick"));
+    assert_eq!(
+        d.wait_fds(base),
+        base,
+        "{which:?}: fd leak; stderr: {}",
+        d.stderr()
+    );
+    assert!(!d.stderr().contains("panick"), "{which:?}: {}", d.stderr());
 }
 
 fn run_case(steps: Vec<Step>) {
