@@ -2,8 +2,9 @@
 //! client program is started under `s6-applyuidgid -u N -g M -G ''`, so
 //! the daemon sees a foreign uid and gid. Every case runs against our
 //! daemon and, when installed, the reference daemon on the same rules, and
-//! the exit codes of the same client must agree; key cases also have
-//! their expected codes written out.
+//! the exit codes of the same client must agree, with our client tools and
+//! with the reference's; key cases also have their expected codes written
+//! out.
 
 mod common;
 
@@ -80,21 +81,25 @@ fn ours(name: &str) -> PathBuf {
 /// Runs one of our client tools as `uid`/`gid`; returns its exit code.
 fn as_user(d: &Daemon, uid: u32, gid: u32, op: &str, id: &str) -> i32 {
     let sock = d.sock.to_str().unwrap();
+    let tool = |name: &str| match CLIENT.with(|c| c.get()) {
+        Impl::Ours => ours(name),
+        Impl::Reference => PathBuf::from("/usr/bin").join(name),
+    };
     let mut cmd = Command::new(ours("s6-applyuidgid"));
     cmd.args(["-u", &uid.to_string(), "-g", &gid.to_string(), "-G", ""]);
     match op {
-        "store" => cmd.arg(ours("s6-fdholder-store")).args([sock, id]),
+        "store" => cmd.arg(tool("s6-fdholder-store")).args([sock, id]),
         "retrieve" => cmd
-            .arg(ours("s6-fdholder-retrieve"))
+            .arg(tool("s6-fdholder-retrieve"))
             .args([sock, id, "true"]),
         "retrieve-D" => cmd
-            .arg(ours("s6-fdholder-retrieve"))
+            .arg(tool("s6-fdholder-retrieve"))
             .args(["-D", sock, id, "true"]),
-        "delete" => cmd.arg(ours("s6-fdholder-delete")).args([sock, id]),
-        "list" => cmd.arg(ours("s6-fdholder-list")).arg(sock),
-        "getdump" => cmd.arg(ours("s6-fdholder-getdump")).args([sock, "true"]),
+        "delete" => cmd.arg(tool("s6-fdholder-delete")).args([sock, id]),
+        "list" => cmd.arg(tool("s6-fdholder-list")).arg(sock),
+        "getdump" => cmd.arg(tool("s6-fdholder-getdump")).args([sock, "true"]),
         "setdump" => cmd
-            .arg(ours("s6-fdholder-setdump"))
+            .arg(tool("s6-fdholder-setdump"))
             .arg(sock)
             .env("S6_FD#", "1")
             .env("S6_FD_0", "0")
@@ -120,33 +125,48 @@ fn root_delete(d: &Daemon, id: &str) {
     let _ = d.client().delete(id.as_bytes(), None);
 }
 
+/// (daemon, client tools).
+type Combo = (Impl, Impl);
+/// What each client run gave.
+type Codes = Vec<(String, i32)>;
+
+thread_local! {
+    // Whose client tools `as_user` runs.
+    static CLIENT: std::cell::Cell<Impl> = const { std::cell::Cell::new(Impl::Ours) };
+}
+
 /// Runs `case` on our daemon and the reference (same rules, built by
-/// `rules`); asserts the codes agree; returns ours.
+/// `rules`), with our client tools and the reference's; every combination
+/// must give the same codes. Returns ours with ours.
 fn compare(
     name: &str,
     rules: impl Fn(&Path),
     case: impl Fn(&Daemon) -> Vec<(String, i32)>,
 ) -> Vec<(String, i32)> {
-    let mut results = Vec::new();
     let mut impls = vec![Impl::Ours];
     if have_reference() {
         impls.push(Impl::Reference);
     }
-    for which in impls {
-        let dir = common::TempDir::new("access-rules");
-        let r = dir.join("rules");
-        std::fs::create_dir_all(&r).unwrap();
-        rules(&r);
-        let d = start(which, &r);
-        results.push(case(&d));
+    let mut results: Vec<(Combo, Codes)> = Vec::new();
+    for &client in &impls {
+        CLIENT.with(|c| c.set(client));
+        for &which in &impls {
+            let dir = common::TempDir::new("access-rules");
+            let r = dir.join("rules");
+            std::fs::create_dir_all(&r).unwrap();
+            rules(&r);
+            let d = start(which, &r);
+            results.push(((which, client), case(&d)));
+        }
     }
-    if results.len() == 2 {
+    CLIENT.with(|c| c.set(Impl::Ours));
+    for (k, v) in &results[1..] {
         assert_eq!(
-            results[0], results[1],
-            "{name}: ours (left) vs reference (right)"
+            &results[0].1, v,
+            "{name}: our daemon and clients (left) vs (daemon, clients) = {k:?} (right)"
         );
     }
-    results.swap_remove(0)
+    results.swap_remove(0).1
 }
 
 fn code_of(v: &[(String, i32)], what: &str) -> i32 {
