@@ -778,3 +778,86 @@ fn client_killed_mid_message() {
     assert_eq!(d.wait_fds(base), base);
     assert!(d.client().list(None).unwrap().is_empty());
 }
+
+#[test]
+fn setdump_abandoned_midway() {
+    // What arrived stays (a setdump adds); the rest never comes.
+    run_case(vec![
+        step(msg(&proto::setdump(2), 0), 0, Want::Answer(0)),
+        step(
+            msg(&valid(OP_SETDUMP_CHUNK).0, 1),
+            1,
+            Want::Answer(libc::EAGAIN as u8),
+        ),
+    ]);
+}
+
+#[test]
+fn concurrent_hostile_and_valid_clients() {
+    // 6 threads at once, each mixing valid requests with malformed ones on
+    // fresh connections; then everything is released and the daemon must
+    // be alive, answering, and back to its baseline.
+    let d = Daemon::start(Impl::Ours);
+    let base = d.open_fds();
+    let sock = d.sock.clone();
+    let dir = d.dir.clone();
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let sock = sock.clone();
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let f = file_with(&dir, &format!("t{t}"), b"");
+                let mut seed = 0x9e37_79b9_u64.wrapping_mul(t + 1);
+                let mut rnd = || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                let mut c = Client::connect(&sock, None).unwrap();
+                for i in 0..300 {
+                    let id = format!("t{t}-{}", rnd() % 8);
+                    match rnd() % 6 {
+                        0 => {
+                            let _ = c.store(f.as_fd(), id.as_bytes(), None, None);
+                        }
+                        1 => {
+                            let _ = c.retrieve_delete(id.as_bytes(), None);
+                        }
+                        2 => {
+                            let _ = c.delete(id.as_bytes(), None);
+                        }
+                        3 => {
+                            c.list(None).unwrap();
+                        }
+                        _ => {
+                            // A malformed message on a fresh connection,
+                            // with fds, left at once or after the drop.
+                            let mut r = Raw::connect(&sock);
+                            let (mut p, n, _) =
+                                valid([OP_STORE, OP_DELETE, OP_RETRIEVE, OP_LIST][i % 4]);
+                            let cut = (rnd() as usize) % (p.len() + 1);
+                            p.truncate(cut);
+                            let fds: Vec<BorrowedFd<'_>> =
+                                (0..(rnd() % 3) as usize).map(|_| f.as_fd()).collect();
+                            let _ = r.send(&msg(&p, n as u16), &fds);
+                            if rnd() % 2 == 0 {
+                                let _ = r.recv_within(20);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = d.client();
+    for id in c.list(None).unwrap() {
+        c.delete(&id, None).unwrap();
+    }
+    drop(c);
+    assert_eq!(d.wait_fds(base), base);
+    assert!(d.terminate().is_some());
+}
