@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CStr;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -68,12 +68,14 @@ struct Log {
 impl Log {
     fn warn(&self, msg: std::fmt::Arguments<'_>) {
         if self.verbosity >= 1 {
-            eprintln!("s6-fdholderd: warning: {msg}");
+            // Never eprintln!: it panics when stderr is gone (EPIPE, as
+            // SIGPIPE is ignored), and a dead logger must not kill us.
+            let _ = writeln!(io::stderr(), "s6-fdholderd: warning: {msg}");
         }
     }
     fn info(&self, msg: std::fmt::Arguments<'_>) {
         if self.verbosity >= 2 {
-            eprintln!("s6-fdholderd: info: {msg}");
+            let _ = writeln!(io::stderr(), "s6-fdholderd: info: {msg}");
         }
     }
 }

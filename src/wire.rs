@@ -263,6 +263,12 @@ impl Receiver {
     pub fn take_message(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
         let avail = self.end - self.start;
         if avail < HEADER {
+            if avail == 0 && !self.fds.is_empty() {
+                // Descriptors come with their message's first bytes: with
+                // no byte left, these came with a message that did not
+                // announce them. Refuse them rather than let them pile up.
+                return Err(FrameError::TooManyFds);
+            }
             self.maybe_shrink();
             return Ok(None);
         }
@@ -275,7 +281,14 @@ impl Receiver {
         if nfds > MAX_FDS {
             return Err(FrameError::TooManyFds);
         }
-        if avail < HEADER + len || self.fds.len() < nfds {
+        if avail < HEADER + len {
+            if self.fds.len() > nfds {
+                // No later message has started yet: these are extra fds.
+                return Err(FrameError::TooManyFds);
+            }
+            return Ok(None);
+        }
+        if self.fds.len() < nfds {
             return Ok(None);
         }
         let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
@@ -452,6 +465,44 @@ mod tests {
         assert_eq!(got.0, payload);
         assert_eq!(got.1.len(), 1);
         assert!(tx.is_empty());
+    }
+
+    #[test]
+    fn unannounced_fds_are_errors() {
+        let f = File::open("/dev/null").unwrap();
+        // A whole message announcing no fd, sent with one: the message is
+        // handed out, then the stray fd is refused.
+        let (a, b) = pair();
+        let bytes = header(1, 0);
+        let msg = [&bytes[..], b"L"].concat();
+        send_some(a.as_fd(), &[IoSlice::new(&msg)], &[f.as_fd()]).unwrap();
+        let mut rx = Receiver::new(MAX_LEN);
+        rx.fill(b.as_fd()).unwrap();
+        let (p, fds) = rx.take_message().unwrap().unwrap();
+        assert_eq!((p, fds.len()), (&b"L"[..], 0));
+        assert_eq!(rx.take_message().err(), Some(FrameError::TooManyFds));
+
+        // An incomplete message with more fds than it announces.
+        let (a, b) = pair();
+        let bytes = header(4, 1);
+        send_some(a.as_fd(), &[IoSlice::new(&bytes)], &[f.as_fd(), f.as_fd()]).unwrap();
+        let mut rx = Receiver::new(MAX_LEN);
+        rx.fill(b.as_fd()).unwrap();
+        assert_eq!(rx.take_message().err(), Some(FrameError::TooManyFds));
+
+        // Fds for the next message, read along with the tail of this one,
+        // are fine.
+        let (a, b) = pair();
+        let first = [&header(2, 0)[..], b"ab"].concat();
+        let second = [&header(0, 1)[..]].concat();
+        send_some(a.as_fd(), &[IoSlice::new(&first)], &[]).unwrap();
+        send_some(a.as_fd(), &[IoSlice::new(&second)], &[f.as_fd()]).unwrap();
+        let mut rx = Receiver::new(MAX_LEN);
+        let (p, fds) = recv_one(&mut rx, &b);
+        assert_eq!((&p[..], fds.len()), (&b"ab"[..], 0));
+        let (p, fds) = recv_one(&mut rx, &b);
+        assert_eq!((p.len(), fds.len()), (0, 1));
+        assert!(rx.is_empty());
     }
 
     #[test]
