@@ -88,6 +88,17 @@ impl Prog {
         parse_uint(s).unwrap_or_else(|| self.die_usage())
     }
 
+    /// Parses the command line of a program whose only option is
+    /// `-t timeout`: returns the deadline and the operands.
+    pub fn getopt_timeout(&self) -> (Deadline, Vec<OsString>) {
+        let (opts, args) = self.getopt("t:");
+        let mut deadline = None;
+        for (_, v) in opts {
+            deadline = self.timeout(&v);
+        }
+        (deadline, args)
+    }
+
     /// Parses a `-t timeout` value (milliseconds, 0 = none) into a deadline.
     pub fn timeout(&self, s: &OsStr) -> Deadline {
         deadline_ms(self.uint(s))

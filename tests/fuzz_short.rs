@@ -10,34 +10,15 @@
 //! number of inputs (default 1) for a long run.
 
 mod fuzzlib;
+mod rng;
 
+use rng::Rng;
 use std::fs::File;
 
 use fdholder::Tain;
 use fdholder::proto::{self, MAX_REQUEST};
 use fdholder::wire::{MAX_FDS, header};
 use fuzzlib::{Chunk, check_parse, check_receiver, open_fds};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
 
 fn seed() -> u64 {
     std::env::var("FDHOLDER_SEED")

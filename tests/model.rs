@@ -13,7 +13,9 @@
 //! failure message carries it and the step number.
 
 mod common;
+mod rng;
 
+use rng::Rng;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -22,25 +24,6 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Impl, Opts, identity};
 use fdholder::{Client, DumpEntryRef, Tain};
-
-/// splitmix64: tiny, good enough, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 1000 < percent * 10
-    }
-}
 
 /// What the model knows of a held fd.
 #[derive(Clone, Debug, PartialEq)]

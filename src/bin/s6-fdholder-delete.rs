@@ -15,14 +15,7 @@ fdholder::c_main!(run);
 
 #[cfg_attr(test, allow(dead_code))]
 fn run() {
-    let (opts, args) = PROG.getopt("t:");
-    let mut deadline = None;
-    for (c, v) in opts {
-        match c {
-            't' => deadline = PROG.timeout(&v),
-            _ => PROG.die_usage(),
-        }
-    }
+    let (deadline, args) = PROG.getopt_timeout();
     let [socket, id, ..] = &args[..] else {
         PROG.die_usage()
     };
