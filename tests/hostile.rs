@@ -746,34 +746,26 @@ fn client_killed_mid_message() {
     SOCK.with(|s| *s.borrow_mut() = d.sock.clone());
     let f = file_with(&d.dir, "f", b"");
     let r = Raw::connect(&d.sock);
-    let (rd, wr) = rustix::pipe::pipe().unwrap();
     let m = msg(&valid(OP_STORE).0, 1);
-    // SAFETY: the child only makes system calls (sendmsg, write, pause)
-    // on memory prepared before the fork, then is killed.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let _ = fdholder::wire::send_some(
-            r.sock.as_fd(),
-            &[std::io::IoSlice::new(&m[..m.len() - 3])],
-            &[f.as_fd()],
-        );
-        let _ = rustix::io::write(&wr, b"x");
-        loop {
-            // SAFETY: pause has no preconditions.
-            unsafe { libc::pause() };
-        }
-    }
-    drop(wr);
+    // Half a store, with its fd, then the connection's only other holder,
+    // a child process, is killed with SIGKILL.
+    fdholder::wire::send_some(
+        r.sock.as_fd(),
+        &[std::io::IoSlice::new(&m[..m.len() - 3])],
+        &[f.as_fd()],
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("1000")
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            r.sock.try_clone().unwrap(),
+        )))
+        .spawn()
+        .unwrap();
     drop(r);
-    let mut b = [0u8; 1];
-    assert_eq!(rustix::io::read(&rd, &mut b).unwrap(), 1);
     by.check();
-    // SAFETY: pid is our child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
     by.finish();
     assert_eq!(d.wait_fds(base), base);
     assert!(d.client().list(None).unwrap().is_empty());
