@@ -243,9 +243,18 @@ fn maxfds_gives_enfile_and_recovers() {
 #[test]
 fn rlimit_clamps_maxfds() {
     // RLIMIT_NOFILE 20 < -n 1000: maxfds becomes 20 - 6 = 14.
+    rlimit_clamp_case(&[]);
+    // -n 18 is within 6 of the limit: also 14, so that the daemon always
+    // keeps descriptors to accept a client and read its rules (the
+    // reference keeps 18 and can wedge).
+    rlimit_clamp_case(&["-n", "18"]);
+}
+
+fn rlimit_clamp_case(args: &[&str]) {
     let d = Daemon::start_with(
         Impl::Ours,
         Opts {
+            args,
             nofile: Some(20),
             ..Opts::default()
         },
@@ -260,6 +269,12 @@ fn rlimit_clamps_maxfds() {
         errno(c.store(f.as_fd(), b"x", None, None).unwrap_err()),
         libc::ENFILE
     );
+    // Full, and still serving: the next client can delete and store again.
+    // (With 14 held, the daemon has descriptors for one client at a time.)
+    drop(c);
+    let mut c2 = d.client();
+    c2.delete(b"0", None).unwrap();
+    c2.store(f.as_fd(), b"x", None, None).unwrap();
 }
 
 #[test]

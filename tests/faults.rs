@@ -210,8 +210,8 @@ fn maxfds_reached_mid_setdump_gives_enfile_and_recovers() {
 
 #[test]
 fn rlimit_clamp_as_the_reference() {
-    // -n above the limit: limit - 6; -n within it: kept. (-n within 6 of
-    // the limit: see daemon_out_of_descriptors_recovers_when_fds_expire.)
+    // -n above the limit: limit - 6; -n well within it: kept. (-n within 6
+    // of the limit: see held_fds_never_take_the_last_descriptors.)
     for which in impls() {
         for (nofile, n, want) in [(30, "1000", 24), (30, "10", 10)] {
             let d = Daemon::start_with(
@@ -264,12 +264,12 @@ fn rlimit_clamp_as_the_reference() {
 }
 
 #[test]
-fn daemon_out_of_descriptors_recovers_when_fds_expire() {
-    // -n within 6 of RLIMIT_NOFILE: the daemon can run out of descriptors
-    // before maxfds. The store it cannot receive costs the sender its
-    // connection; with every descriptor held, it cannot even accept, and
-    // backs off (never spins, never dies) until expiries free some. (The
-    // reference dies instead: accept's EMFILE is fatal to it, exit 111.)
+fn held_fds_never_take_the_last_descriptors() {
+    // -n within 6 of RLIMIT_NOFILE is lowered to the limit - 6 (the
+    // reference keeps it, and can then fill every descriptor with held fds,
+    // accept nobody, and die on accept's EMFILE). So a full daemon answers
+    // ENFILE on the same connection, stays reachable, and frees room as fds
+    // expire.
     let d = Daemon::start_with(
         Impl::Ours,
         Opts {
@@ -290,20 +290,25 @@ fn daemon_out_of_descriptors_recovers_when_fds_expire() {
     for i in 0..30 {
         match c.store(f.as_fd(), format!("{i}").as_bytes(), None, dl()) {
             Ok(()) => stored += 1,
-            Err(_) => break,
+            Err(e) => {
+                assert_eq!(errno(e), libc::ENFILE);
+                break;
+            }
         }
     }
+    assert!(c.list(dl()).is_ok(), "the connection survives a full store");
     drop(c);
-    assert_eq!(stored, 16 - base - 1, "as many as descriptors allow");
-    // Served again once the two expire.
-    eventually("served again", || {
+    assert_eq!(stored, 16 - 6, "maxfds is the limit - 6");
+    // The two with a limit expire and make room.
+    eventually("the two expire", || {
         Client::connect(&d.sock, dl())
             .and_then(|mut c| c.list(dl()))
-            .is_ok()
+            .is_ok_and(|l| l.len() == stored - 2)
     });
     let mut c = d.client();
+    c.store(f.as_fd(), b"room again", None, None).unwrap();
     let l = c.list(None).unwrap();
-    assert_eq!(l.len(), stored - 2);
+    assert_eq!(l.len(), stored - 1);
     for id in l {
         c.delete(&id, None).unwrap();
     }

@@ -47,7 +47,11 @@ fn main() {
         if cur < 7 {
             PROG.die(EXIT_SYS, "open file limit too low");
         }
-        if u64::from(cfg.maxfds) > cur {
+        // The reference lowers -n only when it exceeds the limit itself;
+        // then `-n` within 6 of the limit lets held fds take the last
+        // descriptors and the daemon can accept nobody (not even to delete).
+        // Keeping 6 spare always is what the clamp is for.
+        if u64::from(cfg.maxfds) > cur - 6 {
             cfg.maxfds = (cur - 6) as u32;
         }
     }
