@@ -184,14 +184,7 @@ fn large_dumps_are_chunked() {
     let ids: Vec<Vec<u8>> = (0..1000)
         .map(|i| format!("fd-{i:04}").into_bytes())
         .collect();
-    let entries: Vec<_> = ids
-        .iter()
-        .map(|id| DumpEntryRef {
-            id,
-            fd: f.as_fd(),
-            limit: Tain::infinite_from(Tain::now()),
-        })
-        .collect();
+    let entries = common::entries_for(&ids, f.as_fd());
     c.setdump(&entries, None).unwrap();
     assert_eq!(c.list(None).unwrap().len(), 1000);
     let dump = c.getdump(None).unwrap();
@@ -639,14 +632,7 @@ fn lame_duck_finishes_a_large_getdump() {
     let ids: Vec<Vec<u8>> = (0..2000)
         .map(|i| format!("{i:0200}").into_bytes())
         .collect();
-    let entries: Vec<_> = ids
-        .iter()
-        .map(|id| DumpEntryRef {
-            id,
-            fd: f.as_fd(),
-            limit: Tain::infinite_from(Tain::now()),
-        })
-        .collect();
+    let entries = common::entries_for(&ids, f.as_fd());
     c.setdump(&entries, None).unwrap();
     // Ask for a dump (about 440 kB: more than the socket buffer), then
     // SIGTERM before reading it: the daemon must finish sending it.

@@ -524,14 +524,7 @@ fn d_reference_programs_past_253() {
     let r = Daemon::start(Impl::Reference);
     let f = file_with(&r.dir, "f", b"");
     let ids: Vec<Vec<u8>> = (0..254).map(|i| format!("id{i}").into_bytes()).collect();
-    let entries: Vec<_> = ids
-        .iter()
-        .map(|id| DumpEntryRef {
-            id,
-            fd: f.as_fd(),
-            limit: Tain::infinite_from(Tain::now()),
-        })
-        .collect();
+    let entries = common::entries_for(&ids, f.as_fd());
     r.client().setdump(&entries, deadline()).unwrap();
     assert_eq!(r.client().list(deadline()).unwrap().len(), 254);
     // 3. The reference's setdump sends chunks of up to 255 fds: the kernel

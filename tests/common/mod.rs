@@ -433,3 +433,14 @@ pub fn run<S: AsRef<OsStr>>(bin: &Path, args: &[S], dir: &Path, env: &[(&str, &s
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
         .into()
 }
+
+/// Dump entries for `ids`, all with the same descriptor and no expiry.
+pub fn entries_for<'a>(
+    ids: &'a [Vec<u8>],
+    fd: std::os::fd::BorrowedFd<'a>,
+) -> Vec<fdholder::DumpEntryRef<'a>> {
+    let limit = fdholder::Tain::infinite_from(fdholder::Tain::now());
+    ids.iter()
+        .map(|id| fdholder::DumpEntryRef { id, fd, limit })
+        .collect()
+}
