@@ -454,6 +454,32 @@ fn d_transferdump_of_1000_fds_between_our_daemons() {
 }
 
 #[test]
+fn d_transferdump_of_1000_fds_from_our_daemon_into_the_reference() {
+    if !have_reference() {
+        return;
+    }
+    // Our transferdump sends chunks of 253, which the reference daemon
+    // takes (it counts fds), whatever chunk count it announced.
+    let (a, f) = daemon_holding(Impl::Ours, 1000);
+    let b = Daemon::start_with(
+        Impl::Reference,
+        Opts {
+            args: &["-n", "2000"],
+            ..Opts::default()
+        },
+    );
+    let o = run(Impl::Ours, "s6-fdholder-transferdump", &[&a.sock, &b.sock]);
+    assert_eq!(ce(&o), (0, ""));
+    assert_eq!(sorted_list(&a), sorted_list(&b));
+    // Each fd is still the same open file, read back one by one (the
+    // reference daemon cannot dump more than 253).
+    let mut c = b.client();
+    for id in sorted_list(&b).iter().step_by(97) {
+        assert_eq!(identity(c.retrieve(id, deadline()).unwrap()), identity(&f));
+    }
+}
+
+#[test]
 fn d_reference_daemon_cannot_dump_more_than_253() {
     if !have_reference() {
         return;
