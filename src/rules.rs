@@ -309,9 +309,16 @@ pub fn encode_env(env: &[EnvVar]) -> Vec<u8> {
     b
 }
 
-/// Decodes an environment blob (NUL-terminated entries).
+/// Decodes an environment blob (NUL-terminated entries). Bytes after the
+/// last NUL are no entry: the reference's `env_make` takes exactly as many
+/// strings as there are NULs, so an unterminated `VAR=value` grants nothing.
 pub fn decode_env(b: &[u8]) -> Vec<EnvVar> {
-    b.split(|&c| c == 0)
+    let terminated = match b.iter().rposition(|&c| c == 0) {
+        Some(i) => &b[..i],
+        None => return Vec::new(),
+    };
+    terminated
+        .split(|&c| c == 0)
         .filter(|s| !s.is_empty())
         .map(|s| match s.iter().position(|&c| c == b'=') {
             Some(i) => EnvVar {
@@ -502,6 +509,20 @@ mod tests {
         assert!(decode_value(b"A\0").is_err());
         assert!(decode_value(&[b'A', 0, 9, 0, 0]).is_err());
         assert!(decode_value(&[b'A', 0, 0, 0, 1]).is_err());
+        // Only NUL-terminated entries count, as the reference's env_make:
+        // a trailing `VAR=value` without its NUL sets nothing.
+        let env = b"S6_FDHOLDER_LIST=\0S6_FDHOLDER_GETDUMP=";
+        let mut v = vec![b'A', 0, env.len() as u8];
+        v.extend_from_slice(env);
+        v.extend_from_slice(&[0, 0]);
+        match decode_value(&v).unwrap() {
+            Decision::Allow(p) => {
+                assert!(p.is_set(b"S6_FDHOLDER_LIST"));
+                assert!(!p.is_set(b"S6_FDHOLDER_GETDUMP"));
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(decode_env(b"S6_FDHOLDER_SETDUMP=1"), vec![]);
     }
 
     #[test]
