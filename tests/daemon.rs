@@ -653,3 +653,44 @@ fn lame_duck_finishes_a_large_getdump() {
     assert_eq!(code, Some(3));
     drop(c);
 }
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime), counted from 3 after the comm.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn lame_duck_idle_client_hanging_up_costs_no_cpu() {
+    // Ours only: the reference exits at once in lame duck when the only
+    // busy client has sent just part of a header.
+    [Impl::Ours].into_iter().for_each(|which| {
+        use std::io::Write;
+        let d = Daemon::start(which);
+        // An idle client, and one in the middle of a request.
+        let idle = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+        let mut busy = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+        busy.write_all(&[0, 0, 0, 1]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        d.signal(rustix::process::Signal::TERM);
+        std::thread::sleep(Duration::from_millis(100));
+        // The idle client goes away while the daemon waits for the other:
+        // its socket now reports HUP, whatever interest it has.
+        drop(idle);
+        let before = cpu_ticks(d.child.id());
+        std::thread::sleep(Duration::from_millis(500));
+        let spent = cpu_ticks(d.child.id()) - before;
+        assert!(spent < 10, "{which:?}: {spent} ticks of CPU in 500 ms");
+        // The request completes and is answered; then the daemon exits.
+        busy.write_all(&[0, 0, b'L']).expect(&format!("{which:?}"));
+        let mut ans = Vec::new();
+        busy.read_to_end(&mut ans).expect(&format!("{which:?}"));
+        assert_eq!(&ans[..7], &[0, 0, 0, 5, 0, 0, 0], "{which:?}");
+        let mut d = d;
+        let code = common::wait_timeout(&mut d.child, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{which:?}");
+    });
+}
