@@ -685,9 +685,9 @@ fn lame_duck_idle_client_hanging_up_costs_no_cpu() {
         let spent = cpu_ticks(d.child.id()) - before;
         assert!(spent < 10, "{which:?}: {spent} ticks of CPU in 500 ms");
         // The request completes and is answered; then the daemon exits.
-        busy.write_all(&[0, 0, b'L']).expect(&format!("{which:?}"));
+        busy.write_all(&[0, 0, b'L']).unwrap();
         let mut ans = Vec::new();
-        busy.read_to_end(&mut ans).expect(&format!("{which:?}"));
+        busy.read_to_end(&mut ans).unwrap();
         assert_eq!(&ans[..7], &[0, 0, 0, 5, 0, 0, 0], "{which:?}");
         let mut d = d;
         let code = common::wait_timeout(&mut d.child, Duration::from_secs(10));
