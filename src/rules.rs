@@ -84,7 +84,10 @@ impl CdbRules {
         if !(2048..=u64::from(u32::MAX)).contains(&len) {
             return Err(bad_cdb());
         }
-        let mut data = Vec::with_capacity(len as usize);
+        let mut data = Vec::new();
+        // An error, not an abort, if memory is short (e.g. on SIGHUP).
+        data.try_reserve_exact(len as usize)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
         f.read_to_end(&mut data)?;
         Ok(CdbRules(data))
     }
