@@ -618,14 +618,18 @@ impl Daemon<'_> {
             want |= epoll::EventFlags::OUT;
         }
         if want != c.interest {
-            if epoll::modify(
-                &self.epoll,
-                &c.sock,
-                epoll::EventData::new_u64(i as u64),
-                want,
-            )
-            .is_err()
-            {
+            // No interest at all must mean out of the set: epoll reports
+            // HUP and ERR whatever the mask, so a lame-duck idle client
+            // that hangs up would wake us at once, again and again.
+            let data = epoll::EventData::new_u64(i as u64);
+            let r = if want.is_empty() {
+                epoll::delete(&self.epoll, &c.sock)
+            } else if c.interest.is_empty() {
+                epoll::add(&self.epoll, &c.sock, data, want)
+            } else {
+                epoll::modify(&self.epoll, &c.sock, data, want)
+            };
+            if r.is_err() {
                 return self.drop_conn(i);
             }
             c.interest = want;

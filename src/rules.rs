@@ -67,8 +67,8 @@ pub enum Rules {
     Cdb(CdbRules),
 }
 
-/// An open rules cdb.
-pub struct CdbRules(cdb2::CDB);
+/// An open rules cdb: the file's bytes, read when opened.
+pub struct CdbRules(Vec<u8>);
 
 impl std::fmt::Debug for CdbRules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,16 +79,84 @@ impl std::fmt::Debug for CdbRules {
 impl CdbRules {
     /// Opens a rules cdb.
     pub fn open(path: impl AsRef<Path>) -> io::Result<CdbRules> {
-        Ok(CdbRules(cdb2::CDB::open(path)?))
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        if !(2048..=u64::from(u32::MAX)).contains(&len) {
+            return Err(bad_cdb());
+        }
+        let mut data = Vec::new();
+        // An error, not an abort, if memory is short (e.g. on SIGHUP).
+        data.try_reserve_exact(len as usize)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        f.read_to_end(&mut data)?;
+        Ok(CdbRules(data))
     }
 
     /// Looks up one key.
     pub fn lookup(&self, key: &str) -> io::Result<Decision> {
-        match self.0.get(key.as_bytes()) {
+        match cdb_find(&self.0, key.as_bytes())? {
             None => Ok(Decision::NotFound),
-            Some(v) => decode_value(&v?),
+            Some(v) => decode_value(v),
         }
     }
+}
+
+fn bad_cdb() -> io::Error {
+    io::Error::other("Invalid file format")
+}
+
+/// `data[start..start + len]`, or a bad-file error if out of bounds.
+fn cdb_slice(data: &[u8], start: usize, len: usize) -> io::Result<&[u8]> {
+    start
+        .checked_add(len)
+        .and_then(|end| data.get(start..end))
+        .ok_or_else(bad_cdb)
+}
+
+fn cdb_u32(data: &[u8], pos: usize) -> io::Result<usize> {
+    let b = <[u8; 4]>::try_from(cdb_slice(data, pos, 4)?).map_err(|_| bad_cdb())?;
+    Ok(u32::from_le_bytes(b) as usize)
+}
+
+/// Finds the first record for `key` in a cdb, bounds-checking every
+/// offset and length against the file before using it: a corrupt length
+/// is an error, never an allocation of the size it claims (cdb2's reader
+/// allocates a record's claimed length before checking it, which aborted
+/// the daemon on a corrupt file).
+fn cdb_find<'a>(data: &'a [u8], key: &[u8]) -> io::Result<Option<&'a [u8]>> {
+    let h = key
+        .iter()
+        .fold(5381u32, |h, &c| (h << 5).wrapping_add(h) ^ u32::from(c));
+    let x = (h as usize & 0xff) << 3;
+    let hpos = cdb_u32(data, x)?;
+    let hslots = cdb_u32(data, x + 4)?;
+    if hslots == 0 {
+        return Ok(None);
+    }
+    let mut slot = (h >> 8) as usize % hslots;
+    for _ in 0..hslots {
+        let spos = slot
+            .checked_mul(8)
+            .and_then(|o| hpos.checked_add(o))
+            .ok_or_else(bad_cdb)?;
+        let shash = cdb_u32(data, spos)?;
+        let pos = cdb_u32(data, spos + 4)?;
+        if pos == 0 {
+            return Ok(None);
+        }
+        if shash == h as usize {
+            let klen = cdb_u32(data, pos)?;
+            let dlen = cdb_u32(data, pos + 4)?;
+            if klen == key.len() && cdb_slice(data, pos + 8, klen)? == key {
+                return cdb_slice(data, pos + 8 + klen, dlen).map(Some);
+            }
+        }
+        slot += 1;
+        if slot == hslots {
+            slot = 0;
+        }
+    }
+    Ok(None)
 }
 
 impl Rules {
@@ -309,9 +377,16 @@ pub fn encode_env(env: &[EnvVar]) -> Vec<u8> {
     b
 }
 
-/// Decodes an environment blob (NUL-terminated entries).
+/// Decodes an environment blob (NUL-terminated entries). Bytes after the
+/// last NUL are no entry: the reference's `env_make` takes exactly as many
+/// strings as there are NULs, so an unterminated `VAR=value` grants nothing.
 pub fn decode_env(b: &[u8]) -> Vec<EnvVar> {
-    b.split(|&c| c == 0)
+    let terminated = match b.iter().rposition(|&c| c == 0) {
+        Some(i) => &b[..i],
+        None => return Vec::new(),
+    };
+    terminated
+        .split(|&c| c == 0)
         .filter(|s| !s.is_empty())
         .map(|s| match s.iter().position(|&c| c == b'=') {
             Some(i) => EnvVar {
@@ -502,6 +577,43 @@ mod tests {
         assert!(decode_value(b"A\0").is_err());
         assert!(decode_value(&[b'A', 0, 9, 0, 0]).is_err());
         assert!(decode_value(&[b'A', 0, 0, 0, 1]).is_err());
+        // Only NUL-terminated entries count, as the reference's env_make:
+        // a trailing `VAR=value` without its NUL sets nothing.
+        let env = b"S6_FDHOLDER_LIST=\0S6_FDHOLDER_GETDUMP=";
+        let mut v = vec![b'A', 0, env.len() as u8];
+        v.extend_from_slice(env);
+        v.extend_from_slice(&[0, 0]);
+        match decode_value(&v).unwrap() {
+            Decision::Allow(p) => {
+                assert!(p.is_set(b"S6_FDHOLDER_LIST"));
+                assert!(!p.is_set(b"S6_FDHOLDER_GETDUMP"));
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(decode_env(b"S6_FDHOLDER_SETDUMP=1"), vec![]);
+    }
+
+    #[test]
+    fn cdb_find_agrees_with_cdb2() {
+        let path = std::env::temp_dir().join(format!("fdholder-cdbfind-{}", std::process::id()));
+        let mut m = cdb2::CDBMake::new(File::create(&path).unwrap()).unwrap();
+        for i in 0..3000 {
+            m.add(format!("uid/{i}").as_bytes(), format!("v{i}").as_bytes())
+                .unwrap();
+        }
+        m.add(b"uid/7", b"second").unwrap();
+        m.finish().unwrap();
+        let c = CdbRules::open(&path).unwrap();
+        let theirs = cdb2::CDB::open(&path).unwrap();
+        for i in 0..3100 {
+            let k = format!("uid/{i}");
+            let ours = cdb_find(&c.0, k.as_bytes()).unwrap().map(<[u8]>::to_vec);
+            assert_eq!(ours, theirs.get(k.as_bytes()).map(Result::unwrap), "{k}");
+        }
+        assert_eq!(cdb_find(&c.0, b"uid/7").unwrap(), Some(&b"v7"[..]));
+        // Cut short: the tables point past the end, an error.
+        assert!(cdb_find(&c.0[..2100], b"uid/7").is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -653,3 +653,105 @@ fn lame_duck_finishes_a_large_getdump() {
     assert_eq!(code, Some(3));
     drop(c);
 }
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime), counted from 3 after the comm.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn lame_duck_idle_client_hanging_up_costs_no_cpu() {
+    // Ours only: the reference exits at once in lame duck when the only
+    // busy client has sent just part of a header.
+    [Impl::Ours].into_iter().for_each(|which| {
+        use std::io::Write;
+        let d = Daemon::start(which);
+        // An idle client, and one in the middle of a request.
+        let idle = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+        let mut busy = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+        busy.write_all(&[0, 0, 0, 1]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        d.signal(rustix::process::Signal::TERM);
+        std::thread::sleep(Duration::from_millis(100));
+        // The idle client goes away while the daemon waits for the other:
+        // its socket now reports HUP, whatever interest it has.
+        drop(idle);
+        let before = cpu_ticks(d.child.id());
+        std::thread::sleep(Duration::from_millis(500));
+        let spent = cpu_ticks(d.child.id()) - before;
+        assert!(spent < 10, "{which:?}: {spent} ticks of CPU in 500 ms");
+        // The request completes and is answered; then the daemon exits.
+        busy.write_all(&[0, 0, b'L']).unwrap();
+        let mut ans = Vec::new();
+        busy.read_to_end(&mut ans).unwrap();
+        assert_eq!(&ans[..7], &[0, 0, 0, 5, 0, 0, 0], "{which:?}");
+        let mut d = d;
+        let code = common::wait_timeout(&mut d.child, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{which:?}");
+    });
+}
+
+/// The cdb hash (djb's).
+fn cdb_hash(key: &[u8]) -> u32 {
+    key.iter()
+        .fold(5381u32, |h, &c| (h << 5).wrapping_add(h) ^ c as u32)
+}
+
+#[test]
+fn corrupt_cdb_record_length_does_not_kill_the_daemon() {
+    // A rules cdb whose record for our uid claims a 4 GB value (a file
+    // cut short or overwritten in place). Reading it must fail cleanly,
+    // not allocate the claimed size first: under a 1 GB address-space
+    // limit that aborted the daemon.
+    use std::process::{Command, Stdio};
+    let dir = common::tmpdir("cdbcorrupt");
+    let key = format!("uid/{}", rustix::process::geteuid().as_raw());
+    let h = cdb_hash(key.as_bytes());
+    let mut f = vec![0u8; 2048];
+    let rec = 2048u32;
+    let table = rec + 8 + key.len() as u32;
+    let slot = (h & 0xff) as usize * 8;
+    f[slot..slot + 4].copy_from_slice(&table.to_le_bytes());
+    f[slot + 4..slot + 8].copy_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    f.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+    f.extend_from_slice(key.as_bytes());
+    f.extend_from_slice(&h.to_le_bytes());
+    f.extend_from_slice(&rec.to_le_bytes());
+    let cdb = dir.join("rules.cdb");
+    std::fs::write(&cdb, &f).unwrap();
+    let sock = dir.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1000000 && exec \"$0\" -1 -x \"$1\"")
+        .arg(common::ours("s6-fdholderd"))
+        .arg(&cdb)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "\n");
+    // Refused (the rule cannot be read), and the daemon lives on.
+    let r = Client::connect(&sock, Some(Instant::now() + Duration::from_secs(5)))
+        .and_then(|mut c| c.list(None));
+    assert!(r.is_err());
+    std::thread::sleep(Duration::from_millis(100));
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(alive, "the daemon died on a corrupt cdb record");
+}

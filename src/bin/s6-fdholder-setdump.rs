@@ -40,7 +40,8 @@ fn run() {
         return;
     }
     let now = Tain::now();
-    let mut entries = Vec::with_capacity(n as usize);
+    // S6_FD# is untrusted: reserve no more than a dump can really hold.
+    let mut entries = Vec::with_capacity((n as usize).min(1 << 16));
     for i in 0..n {
         let name = format!("S6_FD_{i}");
         let fd = fdholder::cli::parse_uint(&var(&name)).unwrap_or_else(|| invalid(&name));
