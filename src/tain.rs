@@ -75,13 +75,17 @@ impl Tain {
 
     /// `self + d`, saturating.
     fn plus(self, d: Duration) -> Tain {
-        let mut sec = self.sec.saturating_add(d.as_secs());
-        let mut nano = self.nano + d.subsec_nanos();
-        if nano >= 1_000_000_000 {
-            nano -= 1_000_000_000;
-            sec = sec.saturating_add(1);
+        // u64 arithmetic: a tain from the wire may carry nanoseconds up to
+        // u32::MAX, which this normalises instead of overflowing.
+        let nano = u64::from(self.nano) + u64::from(d.subsec_nanos());
+        let sec = self
+            .sec
+            .saturating_add(d.as_secs())
+            .saturating_add(nano / 1_000_000_000);
+        Tain {
+            sec,
+            nano: (nano % 1_000_000_000) as u32,
         }
-        Tain { sec, nano }
     }
 
     /// `self + secs` seconds, saturating.
@@ -225,6 +229,18 @@ mod tests {
             Duration::from_nanos(2)
         );
         assert_eq!(t.duration_since(t.add_secs(1)), Duration::ZERO);
+        // Unnormalised nanoseconds, as a hostile peer may send them.
+        let odd = Tain {
+            sec: TAI_MAGIC,
+            nano: u32::MAX,
+        };
+        assert_eq!(
+            odd + Duration::from_nanos(1),
+            Tain {
+                sec: TAI_MAGIC + 4,
+                nano: 294_967_296
+            }
+        );
         let now = Tain::now();
         assert!(!Tain::infinite_from(now).is_finite_from(now));
         assert!(now.add_secs(1000).is_finite_from(now));
