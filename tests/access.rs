@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{ALL_RIGHTS, Daemon, Impl, Opts, allow, deny, file_with, have_reference};
+use common::{ALL_RIGHTS, Daemon, Impl, allow, deny, file_with, have_reference};
 
 /// A uid and gid no real user has.
 const U: u32 = 4242;
@@ -34,13 +34,7 @@ fn root_rules(rules: &Path) {
 }
 
 fn start(which: Impl, rules: &Path) -> Daemon {
-    let d = Daemon::start_with(
-        which,
-        Opts {
-            rules: Some(("-i", rules.to_path_buf())),
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_rules(which, "-i", rules.to_path_buf());
     std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     d
 }

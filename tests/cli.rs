@@ -22,8 +22,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    ALL_RIGHTS, Daemon, Impl, Opts, Outcome, TempDir, file_with, have_reference, identity, loud,
-    prog, rules_with, run_cmd,
+    ALL_RIGHTS, Daemon, Impl, Outcome, TempDir, file_with, have_reference, identity, loud, prog,
+    rules_with, run_cmd,
 };
 use fdholder::Tain;
 
@@ -138,13 +138,7 @@ const USAGE_CASES: &[(&str, &[&str])] = &[
 fn daemon_with(which: Impl, env: &[(&str, Option<&str>)]) -> (Daemon, TempDir) {
     let t = TempDir::new("cli-rules");
     let rules = rules_with(t.path(), "rules", env);
-    let d = Daemon::start_with(
-        which,
-        Opts {
-            rules: Some(("-i", rules)),
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_rules(which, "-i", rules);
     (d, t)
 }
 

@@ -171,13 +171,7 @@ fn dump_round_trip_keeps_ids_limits_and_files() {
 #[test]
 fn large_dumps_are_chunked() {
     // Past the reference's 253-fd limit: ours only.
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-n", "2000"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-n", "2000"]);
     let base = d.open_fds();
     let mut c = d.client();
     let f = file_with(&d.dir, "f", b"");
@@ -202,13 +196,7 @@ fn large_dumps_are_chunked() {
 #[test]
 fn maxfds_gives_enfile_and_recovers() {
     both(|which| {
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                args: &["-n", "3"],
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_args(which, &["-n", "3"]);
         let mut c = d.client();
         let f = file_with(&d.dir, "f", b"");
         for i in 0..3 {
@@ -333,13 +321,7 @@ fn rights_are_enforced_per_operation() {
                 ("S6_FDHOLDER_RETRIEVE_REGEX", Some("^r|^s")),
             ],
         );
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                rules: Some(("-i", rules.clone())),
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_rules(which, "-i", rules.clone());
         let mut c = d.client();
         let f = file_with(&d.dir, "f", b"");
         c.store(f.as_fd(), b"s1", None, None).unwrap();
@@ -388,13 +370,7 @@ fn regex_edits_act_on_the_next_connection() {
         common::allow(&rules, &me, &[]);
         let re = rules.join(&me).join("env/S6_FDHOLDER_STORE_REGEX");
         std::fs::write(&re, "^a\n^b\n").unwrap();
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                rules: Some(("-i", rules.clone())),
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_rules(which, "-i", rules.clone());
         let f = file_with(&d.dir, "f", b"");
         let mut c = d.client();
         c.store(f.as_fd(), b"a1", None, None).unwrap();
@@ -430,13 +406,7 @@ fn invalid_regex_refuses_the_connection_with_a_warning() {
             ("S6_FDHOLDER_LIST", Some("")),
         ],
     );
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            rules: Some(("-i", rules)),
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_rules(Impl::Ours, "-i", rules);
     let mut c = Client::connect(&d.sock, None).unwrap();
     assert!(matches!(
         errno(c.list(None).unwrap_err()),
@@ -469,13 +439,7 @@ fn cdb_rules_and_sighup_reload() {
         assert_eq!(out.code, 0, "{}", out.stderr);
     };
     mk();
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            rules: Some(("-x", cdb.clone())),
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_rules(Impl::Ours, "-x", cdb.clone());
     assert!(d.client().list(None).unwrap().is_empty());
     // Change the rules: no effect until SIGHUP.
     common::deny(&rules, &me);
@@ -498,13 +462,7 @@ fn cdb_rules_and_sighup_reload() {
 
 #[test]
 fn maxconn_stops_accepting_until_a_slot_frees() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-c", "2"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-c", "2"]);
     let c1 = d.client();
     let mut c2 = d.client();
     c2.list(None).unwrap();
@@ -529,13 +487,7 @@ fn maxconn_stops_accepting_until_a_slot_frees() {
 
 #[test]
 fn client_timeout_drops_silent_clients() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-t", "200"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-t", "200"]);
     let base = d.open_fds();
     let idle = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -620,13 +572,7 @@ fn sigterm_exit_code_bits() {
 
 #[test]
 fn lame_duck_finishes_a_large_getdump() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-n", "3000"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-n", "3000"]);
     let mut c = d.client();
     let f = file_with(&d.dir, "f", b"");
     let ids: Vec<Vec<u8>> = (0..2000)

@@ -72,13 +72,7 @@ fn setdump_many(d: &Daemon, ids: &[Vec<u8>], f: &File) {
 #[test]
 fn maxconn_reached_the_loop_stays_alive() {
     for which in impls() {
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                args: &["-c", "3"],
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_args(which, &["-c", "3"]);
         let base = d.open_fds();
         let f = file_with(&d.dir, "f", b"");
         let mut a = d.client();
@@ -114,13 +108,7 @@ fn maxconn_reached_the_loop_stays_alive() {
 
 #[test]
 fn maxconn_256_idle_clients_then_all_leave() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-c", "1000"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-c", "1000"]);
     let base = d.open_fds();
     // -c is clamped to 256.
     let idle: Vec<UnixStream> = (0..256)
@@ -141,13 +129,7 @@ fn maxconn_256_idle_clients_then_all_leave() {
 
 #[test]
 fn client_timeout_frees_the_slots_of_idle_clients() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-c", "2", "-t", "200"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-c", "2", "-t", "200"]);
     let base = d.open_fds();
     let idle1 = UnixStream::connect(&d.sock).unwrap();
     let idle2 = UnixStream::connect(&d.sock).unwrap();
@@ -164,13 +146,7 @@ fn client_timeout_frees_the_slots_of_idle_clients() {
 #[test]
 fn maxfds_reached_mid_setdump_gives_enfile_and_recovers() {
     for which in impls() {
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                args: &["-n", "5"],
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_args(which, &["-n", "5"]);
         let base = d.open_fds();
         let f = file_with(&d.dir, "f", b"");
         let mut a = Raw::connect(&d.sock);
@@ -420,13 +396,7 @@ fn sigterm_mid_setdump_chunk_waits_for_it() {
 #[test]
 fn sigterm_mid_setdump_chunk_with_lameduck_timeout() {
     for which in impls() {
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                args: &["-T", "200"],
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_args(which, &["-T", "200"]);
         let f = file_with(&d.dir, "f", b"");
         let a = setdump_started(&d, &f);
         let mut chunk = vec![proto::OP_SETDUMP_CHUNK];
@@ -449,13 +419,7 @@ fn sigterm_mid_setdump_chunk_with_lameduck_timeout() {
 
 #[test]
 fn sigterm_during_getdump_with_lameduck_timeout_and_a_reader_that_never_reads() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-T", "200", "-n", "3000"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-T", "200", "-n", "3000"]);
     let f = file_with(&d.dir, "f", b"");
     setdump_many(&d, &ids(2000, 200), &f);
     let r = Raw::connect(&d.sock);
@@ -478,13 +442,7 @@ fn sighup_with_the_cdb_gone_keeps_the_rules() {
                 .arg(&rules),
         );
         assert_eq!(out.code, 0, "{out:?}");
-        let d = Daemon::start_with(
-            which,
-            Opts {
-                rules: Some(("-x", cdb.clone())),
-                ..Opts::default()
-            },
-        );
+        let d = Daemon::with_rules(which, "-x", cdb.clone());
         d.client().list(None).unwrap();
         std::fs::remove_file(&cdb).unwrap();
         d.signal(Signal::HUP);

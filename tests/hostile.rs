@@ -636,13 +636,7 @@ fn one_byte_at_a_time_with_client_timeout() {
 
 #[test]
 fn half_a_request_then_silence_is_dropped_with_client_timeout() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-t", "500"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-t", "500"]);
     let base = d.open_fds();
     let f = file_with(&d.dir, "f", b"");
     let mut r = Raw::connect(&d.sock);
@@ -718,13 +712,7 @@ fn client_that_never_reads_its_answers() {
 
 #[test]
 fn client_that_never_reads_is_dropped_with_client_timeout() {
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-t", "1000"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-t", "1000"]);
     let base = d.open_fds();
     let _f = fill_store(&d, 900);
     let held = d.wait_fds(base + 900);

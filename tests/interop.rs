@@ -17,8 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, Impl, Opts, Outcome, TempDir, file_with, have_reference, identity, prog, rules_with,
-    run_cmd,
+    Daemon, Impl, Outcome, TempDir, file_with, have_reference, identity, prog, rules_with, run_cmd,
 };
 use fdholder::{DumpEntryRef, Tain};
 
@@ -54,13 +53,7 @@ fn limited(which: Impl) -> (Daemon, TempDir) {
             ("S6_FDHOLDER_RETRIEVE_REGEX", Some("^[rs]")),
         ],
     );
-    let d = Daemon::start_with(
-        which,
-        Opts {
-            rules: Some(("-i", rules)),
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_rules(which, "-i", rules);
     (d, t)
 }
 
@@ -416,13 +409,7 @@ fn c_descriptors_move_between_daemons() {
 
 /// A daemon of `which` holding `n` fds (one file under `n` ids).
 fn daemon_holding(which: Impl, n: usize) -> (Daemon, std::fs::File) {
-    let d = Daemon::start_with(
-        which,
-        Opts {
-            args: &["-n", "2000"],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(which, &["-n", "2000"]);
     let f = file_with(&d.dir, "f", b"");
     let mut c = d.client();
     for i in 0..n {
@@ -436,13 +423,7 @@ fn daemon_holding(which: Impl, n: usize) -> (Daemon, std::fs::File) {
 fn d_transferdump_of_1000_fds_between_our_daemons() {
     // Past the reference daemon's 253: ours dumps in chunks of 253.
     let (a, f) = daemon_holding(Impl::Ours, 1000);
-    let b = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-n", "2000"],
-            ..Opts::default()
-        },
-    );
+    let b = Daemon::with_args(Impl::Ours, &["-n", "2000"]);
     let o = run(Impl::Ours, "s6-fdholder-transferdump", &[&a.sock, &b.sock]);
     assert_eq!(ce(&o), (0, ""));
     let dump = b.client().getdump(deadline()).unwrap();
@@ -461,13 +442,7 @@ fn d_transferdump_of_1000_fds_from_our_daemon_into_the_reference() {
     // Our transferdump sends chunks of 253, which the reference daemon
     // takes (it counts fds), whatever chunk count it announced.
     let (a, f) = daemon_holding(Impl::Ours, 1000);
-    let b = Daemon::start_with(
-        Impl::Reference,
-        Opts {
-            args: &["-n", "2000"],
-            ..Opts::default()
-        },
-    );
+    let b = Daemon::with_args(Impl::Reference, &["-n", "2000"]);
     let o = run(Impl::Ours, "s6-fdholder-transferdump", &[&a.sock, &b.sock]);
     assert_eq!(ce(&o), (0, ""));
     assert_eq!(sorted_list(&a), sorted_list(&b));

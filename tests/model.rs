@@ -22,7 +22,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Impl, Opts, identity};
+use common::{Daemon, Impl, identity};
 use fdholder::{Client, DumpEntryRef, Tain};
 
 /// What the model knows of a held fd.
@@ -403,13 +403,7 @@ fn model_based_random_run() {
         .unwrap_or(10_000);
     println!("model run: FDHOLDER_SEED={seed} FDHOLDER_MODEL_OPS={ops}");
     let n = MAXFDS.to_string();
-    let d = Daemon::start_with(
-        Impl::Ours,
-        Opts {
-            args: &["-n", &n],
-            ..Opts::default()
-        },
-    );
+    let d = Daemon::with_args(Impl::Ours, &["-n", &n]);
     let overhead = d.open_fds();
     let files = (0..16)
         .map(|i| {

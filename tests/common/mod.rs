@@ -171,6 +171,28 @@ impl Daemon {
         Daemon::start_with(which, Opts::default())
     }
 
+    /// Starts a daemon with extra options and full rights for our uid.
+    pub fn with_args(which: Impl, args: &[&str]) -> Daemon {
+        Daemon::start_with(
+            which,
+            Opts {
+                args,
+                ..Opts::default()
+            },
+        )
+    }
+
+    /// Starts a daemon on the given rules (`-i DIR` or `-x FILE`).
+    pub fn with_rules(which: Impl, flag: &str, rules: PathBuf) -> Daemon {
+        Daemon::start_with(
+            which,
+            Opts {
+                rules: Some((flag, rules)),
+                ..Opts::default()
+            },
+        )
+    }
+
     /// Starts a daemon and waits for its `-1` readiness notification.
     pub fn start_with(which: Impl, o: Opts<'_>) -> Daemon {
         let dir = tmpdir(match which {
