@@ -454,38 +454,6 @@ pub fn decode_value(v: &[u8]) -> io::Result<Decision> {
     }))
 }
 
-/// Walks a rules directory the way `s6-accessrules-cdb-from-fs` does: every
-/// `DIR/<class>/<name>` (names starting with `.` skipped) that has an
-/// `allow` or a `deny`, with its key `<class>/<name>`.
-pub fn walk_dir(dir: &Path) -> io::Result<Vec<(String, Decision)>> {
-    let mut out = Vec::new();
-    for class in std::fs::read_dir(dir)? {
-        let class = class?;
-        let cname = class.file_name();
-        if cname.as_bytes().first() == Some(&b'.') {
-            continue;
-        }
-        for entry in std::fs::read_dir(class.path())? {
-            let entry = entry?;
-            let ename = entry.file_name();
-            if ename.as_bytes().first() == Some(&b'.') {
-                continue;
-            }
-            let key = format!(
-                "{}/{}",
-                OsStr::to_string_lossy(&cname),
-                OsStr::to_string_lossy(&ename)
-            );
-            match lookup_dir(dir, &key)? {
-                Decision::NotFound => {}
-                d => out.push((key, d)),
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
