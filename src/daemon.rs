@@ -114,8 +114,8 @@ impl Store {
         self.by_id.is_empty()
     }
 
+    /// Holds `fd` under `id`, which the caller knows is not held.
     fn insert(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
-        self.remove(id);
         if limit.is_finite_from(now) {
             self.by_limit.insert((limit, id.into()));
         }
@@ -126,6 +126,12 @@ impl Store {
                 limit,
             },
         );
+    }
+
+    /// Holds `fd` under `id`, closing whatever was held there (setdump).
+    fn replace(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
+        self.remove(id);
+        self.insert(id, fd, limit, now);
     }
 
     fn remove(&mut self, id: &[u8]) -> Option<Rc<OwnedFd>> {
@@ -331,8 +337,11 @@ impl Daemon<'_> {
                 until = Some(until.map_or(d, |u| u.min(d)));
             }
         };
-        for c in self.conns.iter().flatten() {
-            consider(c.st.deadline);
+        // Client deadlines exist only with -t.
+        if self.cfg.client_timeout.is_some() {
+            for c in self.conns.iter().flatten() {
+                consider(c.st.deadline);
+            }
         }
         consider(self.accept_backoff);
         consider(self.lameduck.flatten());
@@ -565,6 +574,9 @@ impl Daemon<'_> {
     }
 
     fn drop_late_clients(&mut self) {
+        if self.cfg.client_timeout.is_none() {
+            return; // no -t: no client has a deadline
+        }
         let now = Instant::now();
         for i in 0..self.conns.len() {
             if self.conns[i]
@@ -767,7 +779,7 @@ fn handle_request(
                 let now = Tain::now();
                 st.dumping -= entries.len() as u32;
                 for ((limit, id), fd) in entries.into_iter().zip(fds) {
-                    store.insert(id.to_bytes(), fd, limit, now);
+                    store.replace(id.to_bytes(), fd, limit, now);
                 }
                 st.status(if st.dumping > 0 { libc::EAGAIN } else { 0 }, cfg);
             }
@@ -813,7 +825,7 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s.next_expiry(), Some(now.add_secs(1)));
         // Replacing an id replaces its expiry too.
-        s.insert(b"a", f(), now.add_secs(10), now);
+        s.replace(b"a", f(), now.add_secs(10), now);
         assert_eq!(s.next_expiry(), Some(now.add_secs(5)));
         s.expire(now.add_secs(6), Log { verbosity: 0 });
         assert_eq!(s.len(), 2);
