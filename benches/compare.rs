@@ -42,16 +42,32 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(prog: &str, tag: &str, rules: &Path) -> Daemon {
+    /// Starts `prog` on a socket and a rules directory of its own (the
+    /// same rules for every daemon: every right for our uid), with
+    /// `-i rules`, or with `-x rules.cdb` if `cdb`.
+    fn start(prog: &str, tag: &str, cdb: bool) -> Daemon {
         let dir = std::env::temp_dir().join(format!("fdh-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let rules = rules_dir(&dir);
+        let (flag, rules) = if cdb {
+            let file = dir.join("rules.cdb");
+            let made = Command::new(Path::new(OURS).with_file_name("s6-accessrules-cdb-from-fs"))
+                .arg(&file)
+                .arg(&rules)
+                .status()
+                .unwrap();
+            assert!(made.success(), "s6-accessrules-cdb-from-fs failed");
+            ("-x", file)
+        } else {
+            ("-i", rules)
+        };
         let sock = dir.join("s");
         let l = UnixListener::bind(&sock).unwrap();
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
         l.set_nonblocking(true).unwrap();
         let mut child = Command::new(prog)
-            .args(["-1", "-c", MAXCONN, "-n", MAXFDS, "-i"])
+            .args(["-1", "-c", MAXCONN, "-n", MAXFDS, flag])
             .arg(rules)
             .stdin(Stdio::from(OwnedFd::from(l)))
             .stdout(Stdio::piped())
@@ -82,8 +98,9 @@ impl Drop for Daemon {
     }
 }
 
-fn rules_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fdh-bench-{}-rules", std::process::id()));
+/// Writes the bench's rules directory in `dir` (every right for our uid).
+fn rules_dir(dir: &Path) -> PathBuf {
+    let d = dir.join("rules");
     let k = d.join(format!("uid/{}", rustix::process::geteuid().as_raw()));
     std::fs::create_dir_all(k.join("env")).unwrap();
     std::fs::write(k.join("allow"), "").unwrap();
@@ -495,7 +512,6 @@ fn main() {
     };
     let ours_bin = Path::new(OURS).parent().unwrap().to_path_buf();
     let ref_bin = PathBuf::from("/usr/bin");
-    let rules = rules_dir();
     println!(
         "fdholder compare ({}): daemons with -c {MAXCONN} -n {MAXFDS} -i rules; {rounds} rounds, A B alternated, medians",
         if quick { "quick" } else { "full" }
@@ -506,8 +522,8 @@ fn main() {
         "workload", "ours", "reference", "ours/ref"
     );
     let mut t = Table { rows: Vec::new() };
-    let ours = Daemon::start(OURS, "ours", &rules);
-    let reference = Daemon::start(REF, "ref", &rules);
+    let ours = Daemon::start(OURS, "ours", false);
+    let reference = Daemon::start(REF, "ref", false);
     let fd = devnull();
 
     // Throughput.
@@ -522,6 +538,18 @@ fn main() {
             load(kind, d, n, millis, place)
         });
         t.rate(&format!("{kind}, {n} client(s), {how} (ops/s)"), m);
+    }
+    // The same conn loads with the rules in a cdb (`-x`): neither daemon
+    // reads files per connection, so this compares the rest of the work.
+    {
+        let ours_cdb = Daemon::start(OURS, "ours-cdb", true);
+        let ref_cdb = Daemon::start(REF, "ref-cdb", true);
+        for (n, place, how) in [(1, Place::Same, "same CPU"), (4, Place::Free, "unpinned")] {
+            let m = alternate(rounds, &ours_cdb, &ref_cdb, |d| {
+                load("conn", d, n, millis, place)
+            });
+            t.rate(&format!("conn -x cdb, {n} client(s), {how} (ops/s)"), m);
+        }
     }
     // The floor, alternated with our single-client session.
     let (mut fl, mut s1, mut q) = (vec![], vec![], vec![]);
@@ -593,8 +621,8 @@ fn main() {
     // daemons (ours and the reference, empty and loaded) run in rotating
     // order each round, so that every ratio is between back-to-back runs.
     let held = ids("held", 10000);
-    let ours_full = Daemon::start(OURS, "ours-full", &rules);
-    let ref_full = Daemon::start(REF, "ref-full", &rules);
+    let ours_full = Daemon::start(OURS, "ours-full", false);
+    let ref_full = Daemon::start(REF, "ref-full", false);
     setdump(&ours_full, &held, &fd).unwrap();
     setdump(&ref_full, &held, &fd).unwrap();
     let four = [&ours, &ours_full, &reference, &ref_full];
@@ -630,8 +658,8 @@ fn main() {
     drop(reference);
 
     // Memory: fresh daemons, RSS at 0, 1,000 and 10,000 held.
-    let ours = Daemon::start(OURS, "ours-mem", &rules);
-    let reference = Daemon::start(REF, "ref-mem", &rules);
+    let ours = Daemon::start(OURS, "ours-mem", false);
+    let reference = Daemon::start(REF, "ref-mem", false);
     let all = ids("mem", 10000);
     let mut prev = 0;
     for n in [0usize, 1000, 10000] {
@@ -671,8 +699,8 @@ fn main() {
 
     // Processes: store + retrieve -D pairs, each implementation's tools
     // against its own daemon.
-    let ours = Daemon::start(OURS, "ours-proc", &rules);
-    let reference = Daemon::start(REF, "ref-proc", &rules);
+    let ours = Daemon::start(OURS, "ours-proc", false);
+    let reference = Daemon::start(REF, "ref-proc", false);
     // Alternated pair by pair; totals.
     let (mut po, mut pr) = (Duration::ZERO, Duration::ZERO);
     for i in 0..pairs {
@@ -691,7 +719,6 @@ fn main() {
     );
     drop(ours);
     drop(reference);
-    let _ = std::fs::remove_dir_all(&rules);
 
     println!("\nMarkdown:\n");
     println!("| workload | ours | reference | ours/ref |\n|---|---:|---:|---:|");

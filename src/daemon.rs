@@ -25,13 +25,20 @@ use rustix::event::epoll;
 use rustix::net::SocketFlags;
 
 use crate::proto::{self, Request};
-use crate::rules::{CdbRules, Decision, Rules};
+use crate::rules::{CdbRules, Decision, DirRules, Rules};
 use crate::sys::{self, Regex};
 use crate::tain::Tain;
 use crate::wire::{MAX_FDS, Receiver, Sender};
 
 /// Hard limit on concurrent connections, as the reference.
 pub const MAXCONN_LIMIT: u32 = 256;
+
+/// Descriptors that must stay free, beyond held fds and connections, for
+/// the rules directory cache to be kept: its own two, the few a cache fill
+/// opens at once, the daemon's own (listener, stderr, epoll, signalfd) and
+/// room to accept. Nearer the limit the cache is closed and every lookup
+/// reads the directory by path, one descriptor at a time.
+const RULES_CACHE_FD_HEADROOM: u64 = 32;
 
 /// Where the access rules are.
 #[derive(Debug, Clone)]
@@ -216,6 +223,8 @@ struct Daemon<'a> {
     /// once, they never change while the daemon runs.
     euid: u32,
     egid: u32,
+    /// RLIMIT_NOFILE when the daemon started (`None`: unlimited).
+    fd_limit: Option<u64>,
 }
 
 fn err(e: rustix::io::Errno) -> io::Error {
@@ -225,7 +234,7 @@ fn err(e: rustix::io::Errno) -> io::Error {
 /// Opens the rules `cfg` names (the cdb is mapped now).
 pub fn open_rules(cfg: &RulesConfig) -> io::Result<Rules> {
     Ok(match cfg {
-        RulesConfig::Dir(d) => Rules::Dir(d.clone()),
+        RulesConfig::Dir(d) => Rules::Dir(DirRules::new(d.clone())),
         RulesConfig::Cdb(f) => Rules::Cdb(CdbRules::open(f)?),
     })
 }
@@ -276,7 +285,11 @@ pub fn run(
         lameduck: None,
         euid: rustix::process::geteuid().as_raw(),
         egid: rustix::process::getegid().as_raw(),
+        fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
     };
+    // The rules cache's descriptors, if any, are opened now: the daemon's
+    // own descriptors are all open before it says it is ready.
+    d.fit_rules_cache();
     ready();
     d.main_loop()
 }
@@ -319,6 +332,7 @@ impl Daemon<'_> {
             self.store.expire(Tain::now(), self.log);
             self.drop_late_clients();
             self.update_listener();
+            self.fit_rules_cache();
         }
         Ok((!self.store.is_empty()) as i32 | ((self.nconns > 0) as i32) << 1)
     }
@@ -449,6 +463,16 @@ impl Daemon<'_> {
         self.update_listener();
     }
 
+    /// Allows the rules directory cache only while descriptors are
+    /// plentiful (see [`RULES_CACHE_FD_HEADROOM`]); forbidding it closes
+    /// its descriptors at once.
+    fn fit_rules_cache(&mut self) {
+        if let Rules::Dir(d) = &mut self.rules {
+            let used = (self.store.len() + self.nconns) as u64 + RULES_CACHE_FD_HEADROOM;
+            d.set_caching(self.fd_limit.is_none_or(|lim| used <= lim));
+        }
+    }
+
     fn new_connection(&mut self, sock: OwnedFd) {
         let cred = match rustix::net::sockopt::socket_peercred(&sock) {
             Ok(c) => c,
@@ -461,6 +485,7 @@ impl Daemon<'_> {
             }
         };
         let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+        self.fit_rules_cache();
         let Some(rights) = self.rights_for(uid, gid) else {
             self.log
                 .info(format_args!("refused connection from uid {uid} gid {gid}"));

@@ -1,5 +1,6 @@
 //! Access rules, as s6's `accessrules` library reads them: a rules directory
-//! (read afresh for every lookup) or a rules cdb.
+//! (whose edits act on the very next lookup; [`DirRules`] keeps decisions
+//! until the kernel reports a change) or a rules cdb.
 //!
 //! A connection is judged from its peer's uid and gid. Keys are tried in
 //! this order, the first one present decides: `uid/self` (only if the peer
@@ -9,8 +10,12 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod cache;
+pub use cache::{CacheStats, DirRules, LOCAL_FS};
 
 /// One variable of a rule's environment: a name and a value, or no value
 /// when the rule unsets it.
@@ -61,8 +66,9 @@ pub enum Decision {
 /// Where the rules come from.
 #[derive(Debug)]
 pub enum Rules {
-    /// A rules directory, read at every lookup so that edits act at once.
-    Dir(PathBuf),
+    /// A rules directory: edits act on the very next lookup (read at every
+    /// lookup, or kept until the kernel reports a change: see [`DirRules`]).
+    Dir(DirRules),
     /// A rules cdb, as mapped when opened (reopen to see a new file).
     Cdb(CdbRules),
 }
@@ -163,13 +169,13 @@ impl Rules {
     /// Looks up one key (`uid/0`, `gid/default`, ...).
     pub fn lookup(&self, key: &str) -> io::Result<Decision> {
         match self {
-            Rules::Dir(dir) => lookup_dir(dir, key),
+            Rules::Dir(dir) => dir.lookup_uncached(key),
             Rules::Cdb(c) => c.lookup(key),
         }
     }
 
     /// Judges a peer by uid and gid, against this process's euid and egid.
-    pub fn check_uidgid(&self, uid: u32, gid: u32) -> io::Result<Decision> {
+    pub fn check_uidgid(&mut self, uid: u32, gid: u32) -> io::Result<Decision> {
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
         self.check_uidgid_as(uid, gid, euid, egid)
@@ -178,13 +184,16 @@ impl Rules {
     /// [`Rules::check_uidgid`] with this process's euid and egid given
     /// (the daemon reads them once: they never change while it runs).
     pub fn check_uidgid_as(
-        &self,
+        &mut self,
         uid: u32,
         gid: u32,
         euid: u32,
         egid: u32,
     ) -> io::Result<Decision> {
-        check_uidgid_with(|k| self.lookup(k), uid, gid, euid, egid)
+        match self {
+            Rules::Dir(d) => d.check_uidgid_as(uid, gid, euid, egid),
+            Rules::Cdb(c) => check_uidgid_with(|k| c.lookup(k), uid, gid, euid, egid),
+        }
     }
 }
 
@@ -285,7 +294,7 @@ const MAX_VAR_SIZE: u64 = 4095;
 /// fewer as soon as a newline has been read (nothing after the first
 /// newline counts, so the value is the same). A one-line file costs one
 /// `read` instead of the two of `read_to_end` (data, then EOF).
-fn read_first_line(f: File) -> io::Result<Vec<u8>> {
+fn read_first_line(f: impl AsFd) -> io::Result<Vec<u8>> {
     // Read into spare capacity: no zeroing of the 4095 bytes first.
     let mut buf = Vec::with_capacity(MAX_VAR_SIZE as usize);
     while buf.len() < MAX_VAR_SIZE as usize {
@@ -321,7 +330,7 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
     push_component(&mut path, dir.as_os_str().as_bytes());
     let base = path.len();
     for name in &names {
-        if name.as_bytes().first() == Some(&b'.') || name.as_bytes().contains(&b'=') {
+        if skipped_env_name(name.as_bytes()) {
             continue;
         }
         push_component(&mut path, name.as_bytes());
@@ -338,29 +347,39 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
         })?;
         // skalibs reads at most 4095 bytes of each file, then cuts at the
         // first newline.
-        let mut line = read_first_line(f)?;
-        let value = if line.is_empty() {
-            None
-        } else {
-            if let Some(i) = line.iter().position(|&c| c == b'\n') {
-                line.truncate(i);
-            }
-            while matches!(line.last(), Some(b' ' | b'\t' | b'\r')) {
-                line.pop();
-            }
-            for c in line.iter_mut() {
-                if *c == 0 {
-                    *c = b'\n';
-                }
-            }
-            Some(line)
-        };
         env.push(EnvVar {
             name: name.to_vec(),
-            value,
+            value: env_value(read_first_line(f)?),
         });
     }
     Ok(env)
+}
+
+/// Whether an environment directory read skips the file `name`: hidden
+/// files, and names with `=` (no variable can be called that).
+fn skipped_env_name(name: &[u8]) -> bool {
+    name.first() == Some(&b'.') || name.contains(&b'=')
+}
+
+/// A variable's value from what [`read_first_line`] read of its file: the
+/// first line, trailing spaces, tabs and CRs removed, NULs turned into
+/// newlines; `None` (unset) for an empty file.
+fn env_value(mut line: Vec<u8>) -> Option<Vec<u8>> {
+    if line.is_empty() {
+        return None;
+    }
+    if let Some(i) = line.iter().position(|&c| c == b'\n') {
+        line.truncate(i);
+    }
+    while matches!(line.last(), Some(b' ' | b'\t' | b'\r')) {
+        line.pop();
+    }
+    for c in line.iter_mut() {
+        if *c == 0 {
+            *c = b'\n';
+        }
+    }
+    Some(line)
 }
 
 /// Encodes an environment as the cdb stores it: `VAR=value\0` or `VAR\0`.

@@ -1,0 +1,517 @@
+//! The rules directory cache never serves a stale decision: every kind of
+//! edit acts on the very next connection, exactly as with the reference,
+//! which reads the directory for every connection.
+//!
+//! Each case starts a daemon on a rules directory, connects twice (for ours
+//! the second connection is answered from the cache: the test checks that
+//! the daemon's inotify descriptor holds watches, so the cache really is in
+//! play), edits the rules one way, and checks the rights of the very next
+//! connection. Every case runs against the reference daemon too: the
+//! expected rights are the reference's.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Impl, Opts, have_reference, is_root};
+use fdholder::Client;
+
+fn impls() -> Vec<Impl> {
+    let mut v = vec![Impl::Ours];
+    if have_reference() {
+        v.push(Impl::Reference);
+    }
+    v
+}
+
+fn me() -> String {
+    format!("uid/{}", rustix::process::geteuid().as_raw())
+}
+
+fn dl() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(10))
+}
+
+/// The rights of a fresh connection, in short: `refused`, or the words
+/// `list` (may list) and each of the ids `a`, `b` it may store.
+fn probe(sock: &Path) -> String {
+    let Ok(mut c) = Client::connect(sock, dl()) else {
+        return "refused".into();
+    };
+    let mut got = Vec::new();
+    match c.list(dl()) {
+        Ok(_) => got.push("list"),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(_) => return "refused".into(),
+    }
+    let f = std::fs::File::open("/dev/null").unwrap();
+    for id in ["a", "b"] {
+        match c.store(f.as_fd(), id.as_bytes(), None, dl()) {
+            Ok(()) => {
+                got.push(id);
+                c.delete(id.as_bytes(), dl()).unwrap();
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(_) => return "refused".into(),
+        }
+    }
+    got.join(" ")
+}
+
+/// Number of inotify watches the daemon holds (0 without an inotify fd).
+fn watches(pid: u32) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let e = e.unwrap();
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if target.to_string_lossy().contains("inotify") {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            n += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    n
+}
+
+/// Writes a rule for our uid at `rules/key` allowing `list` (if asked) and
+/// storing ids that match `re` (none if `None`).
+fn rule(rules: &Path, key: &str, list: bool, re: Option<&str>) {
+    let mut env: Vec<(&str, Option<&str>)> = Vec::new();
+    if list {
+        env.push(("S6_FDHOLDER_LIST", Some("")));
+    }
+    if let Some(re) = re {
+        env.push(("S6_FDHOLDER_STORE_REGEX", Some(re)));
+    }
+    common::allow(rules, key, &env);
+}
+
+/// Runs one edit case on each implementation: `setup` builds the tree in
+/// a fresh directory and returns the path to give `-i`; `edit` changes it;
+/// the next connection must have `after` rights (the reference's).
+fn case(
+    name: &str,
+    setup: impl Fn(&Path) -> PathBuf,
+    before: &str,
+    edit: impl Fn(&Path),
+    after: &str,
+) {
+    for which in impls() {
+        let dir = common::tmpdir(name);
+        let rules = setup(&dir);
+        let d = Daemon::with_rules(which, "-i", rules);
+        assert_eq!(probe(&d.sock), before, "{name} {which:?}: before");
+        assert_eq!(probe(&d.sock), before, "{name} {which:?}: again");
+        if which == Impl::Ours {
+            assert!(
+                watches(d.child.id()) > 0,
+                "{name}: our daemon should be answering from its cache"
+            );
+        }
+        edit(&dir);
+        assert_eq!(probe(&d.sock), after, "{name} {which:?}: after the edit");
+        assert_eq!(probe(&d.sock), after, "{name} {which:?}: and after that");
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The usual tree: `dir/rules`, our uid may list and store `^a`.
+fn base(dir: &Path) -> PathBuf {
+    let rules = dir.join("rules");
+    rule(&rules, &me(), true, Some("^a"));
+    rules
+}
+
+fn env_file(dir: &Path, var: &str) -> PathBuf {
+    dir.join("rules").join(me()).join("env").join(var)
+}
+
+#[test]
+fn env_file_rewritten_in_place() {
+    case(
+        "inplace",
+        base,
+        "list a",
+        |dir| std::fs::write(env_file(dir, "S6_FDHOLDER_STORE_REGEX"), "^b\n").unwrap(),
+        "list b",
+    );
+}
+
+#[test]
+fn env_file_replaced_by_rename() {
+    case(
+        "rename",
+        base,
+        "list a",
+        |dir| {
+            let f = env_file(dir, "S6_FDHOLDER_STORE_REGEX");
+            let tmp = f.with_file_name(".new");
+            std::fs::write(&tmp, "^[ab]\n").unwrap();
+            std::fs::rename(&tmp, &f).unwrap();
+        },
+        "list a b",
+    );
+}
+
+#[test]
+fn env_file_removed_emptied_truncated_or_added() {
+    case(
+        "removed",
+        base,
+        "list a",
+        |dir| std::fs::remove_file(env_file(dir, "S6_FDHOLDER_LIST")).unwrap(),
+        "a",
+    );
+    case(
+        "emptied",
+        base,
+        "list a",
+        |dir| std::fs::write(env_file(dir, "S6_FDHOLDER_LIST"), "").unwrap(),
+        "a",
+    );
+    case(
+        "truncated",
+        base,
+        "list a",
+        |dir| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(env_file(dir, "S6_FDHOLDER_STORE_REGEX"))
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        },
+        "list",
+    );
+    case(
+        "added",
+        |dir| {
+            let rules = dir.join("rules");
+            rule(&rules, &me(), false, Some("^a"));
+            rules
+        },
+        "a",
+        |dir| std::fs::write(env_file(dir, "S6_FDHOLDER_LIST"), "\n").unwrap(),
+        "list a",
+    );
+}
+
+#[test]
+fn env_file_edited_through_a_hard_link_elsewhere() {
+    case(
+        "hardlink",
+        |dir| {
+            let rules = base(dir);
+            std::fs::hard_link(
+                env_file(dir, "S6_FDHOLDER_STORE_REGEX"),
+                dir.join("elsewhere"),
+            )
+            .unwrap();
+            rules
+        },
+        "list a",
+        |dir| std::fs::write(dir.join("elsewhere"), "^b\n").unwrap(),
+        "list b",
+    );
+}
+
+#[test]
+fn env_dir_replaced() {
+    case(
+        "envdir",
+        base,
+        "list a",
+        |dir| {
+            let env = dir.join("rules").join(me()).join("env");
+            std::fs::rename(&env, env.with_file_name("env.old")).unwrap();
+            std::fs::create_dir(&env).unwrap();
+            std::fs::write(env.join("S6_FDHOLDER_STORE_REGEX"), "^b\n").unwrap();
+        },
+        "b",
+    );
+}
+
+#[test]
+fn allow_removed_then_deny_then_allow_again() {
+    let key = |dir: &Path| dir.join("rules").join(me());
+    case(
+        "noallow",
+        base,
+        "list a",
+        |dir| std::fs::remove_file(key(dir).join("allow")).unwrap(),
+        "refused",
+    );
+    case(
+        "deny",
+        base,
+        "list a",
+        |dir| {
+            std::fs::remove_file(key(dir).join("allow")).unwrap();
+            std::fs::write(key(dir).join("deny"), "").unwrap();
+        },
+        "refused",
+    );
+    case(
+        "allowback",
+        |dir| {
+            let rules = base(dir);
+            std::fs::remove_file(key(dir).join("allow")).unwrap();
+            rules
+        },
+        "refused",
+        |dir| std::fs::write(key(dir).join("allow"), "").unwrap(),
+        "list a",
+    );
+}
+
+#[test]
+fn key_dir_swapped_or_created_with_precedence() {
+    case(
+        "keyswap",
+        base,
+        "list a",
+        |dir| {
+            let rules = dir.join("rules");
+            rule(&rules, "uid/new", false, Some("^b"));
+            let k = rules.join(me());
+            std::fs::rename(&k, k.with_file_name("old")).unwrap();
+            std::fs::rename(rules.join("uid/new"), &k).unwrap();
+        },
+        "b",
+    );
+    // The daemon runs as our uid, so `uid/self` is tried before `uid/<n>`:
+    // creating it must take over at once.
+    case(
+        "selfkey",
+        base,
+        "list a",
+        |dir| rule(&dir.join("rules"), "uid/self", false, Some("^b")),
+        "b",
+    );
+    // And a deny on `uid/self` refuses.
+    case(
+        "selfdeny",
+        base,
+        "list a",
+        |dir| common::deny(&dir.join("rules"), "uid/self"),
+        "refused",
+    );
+}
+
+#[test]
+fn rules_dir_or_an_ancestor_swapped() {
+    case(
+        "rootswap",
+        base,
+        "list a",
+        |dir| {
+            rule(&dir.join("next"), &me(), false, Some("^b"));
+            std::fs::rename(dir.join("rules"), dir.join("prev")).unwrap();
+            std::fs::rename(dir.join("next"), dir.join("rules")).unwrap();
+        },
+        "b",
+    );
+    case(
+        "ancestor",
+        |dir| {
+            let rules = dir.join("cur").join("rules");
+            rule(&rules, &me(), true, Some("^a"));
+            rules
+        },
+        "list a",
+        |dir| {
+            rule(&dir.join("next").join("rules"), &me(), false, Some("^b"));
+            std::fs::rename(dir.join("cur"), dir.join("prev")).unwrap();
+            std::fs::rename(dir.join("next"), dir.join("cur")).unwrap();
+        },
+        "b",
+    );
+}
+
+#[test]
+fn symlinked_rules_dir_switched() {
+    // The s6-rc way of switching a live directory: a new symlink renamed
+    // over the old one.
+    case(
+        "symlink",
+        |dir| {
+            rule(&dir.join("v1"), &me(), true, Some("^a"));
+            rule(&dir.join("v2"), &me(), false, Some("^b"));
+            std::os::unix::fs::symlink("v1", dir.join("live")).unwrap();
+            dir.join("live")
+        },
+        "list a",
+        |dir| {
+            std::os::unix::fs::symlink("v2", dir.join("live.new")).unwrap();
+            std::fs::rename(dir.join("live.new"), dir.join("live")).unwrap();
+        },
+        "b",
+    );
+}
+
+#[test]
+fn symlinks_inside_the_tree_are_followed_and_never_go_stale() {
+    // A key that is a symlink, and an env file that is a symlink to a file
+    // outside the tree: the cache does not keep such keys, so editing the
+    // targets acts at once.
+    case(
+        "keylink",
+        |dir| {
+            let rules = dir.join("rules");
+            rule(&dir.join("real"), "k", true, Some("^a"));
+            std::fs::create_dir_all(rules.join("uid")).unwrap();
+            std::os::unix::fs::symlink(dir.join("real/k"), rules.join(me())).unwrap();
+            rules
+        },
+        "list a",
+        |dir| std::fs::write(dir.join("real/k/env/S6_FDHOLDER_STORE_REGEX"), "^b\n").unwrap(),
+        "list b",
+    );
+    for which in impls() {
+        let dir = common::tmpdir("envlink");
+        let rules = base(&dir);
+        std::fs::write(dir.join("re"), "^a\n").unwrap();
+        let f = env_file(&dir, "S6_FDHOLDER_STORE_REGEX");
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(dir.join("re"), &f).unwrap();
+        let d = Daemon::with_rules(which, "-i", rules);
+        assert_eq!(probe(&d.sock), "list a", "{which:?}");
+        std::fs::write(dir.join("re"), "^b\n").unwrap();
+        assert_eq!(probe(&d.sock), "list b", "{which:?}");
+        // The target replaced by rename (no event on the link or its dir).
+        std::fs::write(dir.join("re.new"), "^[ab]\n").unwrap();
+        std::fs::rename(dir.join("re.new"), dir.join("re")).unwrap();
+        assert_eq!(probe(&d.sock), "list a b", "{which:?}");
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn bind_mount_over_a_key_then_unmount() {
+    // Mounts are not inotify events: the daemon also watches the mount
+    // table. Mounting over the key replaces it; unmounting brings it back.
+    if !is_root("mounting over a rules key") {
+        return;
+    }
+    let run = |args: &[&std::ffi::OsStr]| {
+        let st = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args:?} failed");
+    };
+    for which in impls() {
+        let dir = common::tmpdir("mount");
+        let rules = base(&dir);
+        rule(&dir.join("other"), "k", false, Some("^b"));
+        let key = rules.join(me());
+        let d = Daemon::with_rules(which, "-i", rules.clone());
+        assert_eq!(probe(&d.sock), "list a", "{which:?}");
+        assert_eq!(probe(&d.sock), "list a", "{which:?}");
+        if which == Impl::Ours {
+            assert!(watches(d.child.id()) > 0);
+        }
+        let other = dir.join("other/k");
+        run(&[
+            "mount".as_ref(),
+            "--bind".as_ref(),
+            other.as_os_str(),
+            key.as_os_str(),
+        ]);
+        let mounted = probe(&d.sock);
+        let again = probe(&d.sock);
+        run(&["umount".as_ref(), key.as_os_str()]);
+        assert_eq!(mounted, "b", "{which:?}: after mount");
+        assert_eq!(again, "b", "{which:?}: after mount, again");
+        assert_eq!(probe(&d.sock), "list a", "{which:?}: after umount");
+        assert_eq!(probe(&d.sock), "list a", "{which:?}: after umount, again");
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_burst_of_edits_each_seen_by_the_next_connection() {
+    for which in impls() {
+        let dir = common::tmpdir("burst");
+        let rules = base(&dir);
+        let d = Daemon::with_rules(which, "-i", rules);
+        let re = env_file(&dir, "S6_FDHOLDER_STORE_REGEX");
+        let list = env_file(&dir, "S6_FDHOLDER_LIST");
+        for i in 0..100 {
+            let (content, want_re) = if i % 2 == 0 { ("^b", "b") } else { ("^a", "a") };
+            std::fs::write(&re, content).unwrap();
+            if i % 3 == 0 {
+                std::fs::remove_file(&list).unwrap();
+            } else {
+                std::fs::write(&list, "").unwrap();
+            }
+            // An empty LIST file unsets it, as a removed one does.
+            let want = want_re.to_string();
+            assert_eq!(probe(&d.sock), want, "{which:?} round {i}");
+            std::fs::write(&list, "x\n").unwrap();
+            assert_eq!(
+                probe(&d.sock),
+                format!("list {want_re}"),
+                "{which:?} round {i}"
+            );
+        }
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn cache_closes_its_descriptors_near_the_fd_limit() {
+    // With RLIMIT_NOFILE 48, the cache needs 32 descriptors of headroom
+    // beyond held fds and connections: it is there with a few held fds,
+    // closed (inotify descriptor gone) once more are held, and back when
+    // they are deleted. Rights stay right throughout.
+    let dir = common::tmpdir("cachefds");
+    let rules = base(&dir);
+    let d = Daemon::start_with(
+        Impl::Ours,
+        Opts {
+            nofile: Some(48),
+            rules: Some(("-i", rules)),
+            ..Opts::default()
+        },
+    );
+    let pid = d.child.id();
+    assert_eq!(probe(&d.sock), "list a");
+    assert!(watches(pid) > 0, "cache in use with room to spare");
+    let f = std::fs::File::open("/dev/null").unwrap();
+    let mut c = Client::connect(&d.sock, dl()).unwrap();
+    for i in 0..20 {
+        c.store(f.as_fd(), format!("a{i}").as_bytes(), None, dl())
+            .unwrap();
+    }
+    assert_eq!(probe(&d.sock), "list a");
+    assert_eq!(watches(pid), 0, "cache closed near the limit");
+    std::fs::write(env_file(&dir, "S6_FDHOLDER_STORE_REGEX"), "^[ab]\n").unwrap();
+    assert_eq!(probe(&d.sock), "list a b");
+    for i in 0..20 {
+        c.delete(format!("a{i}").as_bytes(), dl()).unwrap();
+    }
+    drop(c);
+    // The daemon sees the hang-up asynchronously.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(probe(&d.sock), "list a b");
+    assert!(watches(pid) > 0, "cache back with room again");
+    std::fs::write(env_file(&dir, "S6_FDHOLDER_STORE_REGEX"), "^b\n").unwrap();
+    assert_eq!(probe(&d.sock), "list b");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
