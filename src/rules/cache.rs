@@ -462,10 +462,9 @@ impl Watch {
     }
 
     /// The key's `exec` (up to 4096 bytes), empty if absent or unreadable.
+    /// Opened before it is watched, as the env files: our own open must not
+    /// count as an `IN_OPEN` event.
     fn read_exec(&self, key: BorrowedFd<'_>) -> Option<Vec<u8>> {
-        if self.node(key, "exec").ok()?.is_none() {
-            return Some(Vec::new());
-        }
         let f = match rfs::openat(
             key,
             "exec",
@@ -473,9 +472,15 @@ impl Watch {
             Mode::empty(),
         ) {
             Ok(f) => f,
-            Err(Errno::NOENT) | Err(Errno::ACCESS) => return Some(Vec::new()),
+            Err(Errno::NOENT) => return Some(Vec::new()),
+            // Unreadable: nothing, but watched (a chmod makes it readable).
+            Err(Errno::ACCESS) => {
+                self.node(key, "exec").ok()?;
+                return Some(Vec::new());
+            }
             Err(_) => return None,
         };
+        self.watch(f.as_fd(), false)?;
         let mut exec = Vec::new();
         std::fs::File::from(f)
             .take(4096)
@@ -557,6 +562,27 @@ mod tests {
         assert_eq!(r.check_uidgid_as(5, 7, 0, 0).unwrap(), d1);
         assert_eq!(r.stats().hits, before.hits);
         assert!(r.stats().uncached > before.uncached);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_key_with_exec_is_kept_and_its_edits_seen() {
+        let d = tmp("exec");
+        let rules = d.join("rules");
+        allow(&rules, "uid/5", &[("S6_FDHOLDER_LIST", "\n")]);
+        std::fs::write(rules.join("uid/5/exec"), "prog").unwrap();
+        let mut r = DirRules::new(&rules);
+        r.set_caching(true);
+        let exec = |d: Decision| match d {
+            Decision::Allow(p) => p.exec,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(exec(r.check_uidgid_as(5, 7, 0, 0).unwrap()), b"prog");
+        assert_eq!(exec(r.check_uidgid_as(5, 7, 0, 0).unwrap()), b"prog");
+        assert_eq!((r.stats().fills, r.stats().hits), (1, 1));
+        std::fs::write(rules.join("uid/5/exec"), "other").unwrap();
+        assert_eq!(exec(r.check_uidgid_as(5, 7, 0, 0).unwrap()), b"other");
+        assert_eq!(r.stats().invalidations, 1);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
