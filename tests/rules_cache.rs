@@ -509,7 +509,11 @@ fn cache_closes_its_descriptors_near_the_fd_limit() {
     // The daemon sees the hang-up asynchronously.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(probe(&d.sock), "list a b");
-    assert!(watches(pid) > 0, "cache back with room again");
+    assert!(
+        watches(pid) > 0,
+        "cache back with room again: {}",
+        d.stderr()
+    );
     std::fs::write(env_file(&dir, "S6_FDHOLDER_STORE_REGEX"), "^b\n").unwrap();
     assert_eq!(probe(&d.sock), "list b");
     drop(d);

@@ -47,11 +47,13 @@
 //! writable mapping that already existed before the file was read is not.
 //! No tool edits rule files that way.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{self as rfs, Access, AtFlags, FileType, Mode, OFlags, RawDir, inotify};
@@ -78,6 +80,11 @@ fn is_local(f_type: impl Into<i64>) -> bool {
     LOCAL_FS.contains(&f_type.into())
 }
 
+/// How long the cache steps aside at first, and at most, when edits come
+/// faster than it pays (see `DirRules::churned`).
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Most keys kept at once; past that the cache starts again empty (each
 /// key costs a few inotify watches).
 const MAX_ENTRIES: usize = 256;
@@ -92,7 +99,7 @@ pub struct CacheStats {
     /// Keys read from the directory by path and not kept (uncacheable,
     /// or caching off).
     pub uncached: u64,
-    /// Times the whole cache was thrown away because something changed.
+    /// Times kept entries were thrown away because something changed.
     pub invalidations: u64,
 }
 
@@ -106,6 +113,12 @@ pub struct DirRules {
     unavailable: bool,
     watch: Option<Watch>,
     stats: CacheStats,
+    /// Fills and hits of the entries kept since the last change.
+    gen_fills: u64,
+    gen_hits: u64,
+    /// While edits come too fast to keep anything: read by path until then.
+    bypass_until: Option<Instant>,
+    backoff: Duration,
 }
 
 /// The descriptors and entries of an active cache.
@@ -117,8 +130,10 @@ struct Watch {
     /// Device and inode of the directory the entries were read from.
     root: Option<(u64, u64)>,
     entries: HashMap<String, Decision>,
-    /// Whether watches may have been added since the last reset.
-    dirty: bool,
+    /// Every watch made since the last reset. The kernel numbers watches
+    /// upwards, so a watch descriptor above the last one is a new watch
+    /// (an inode watched already gives its existing one).
+    wds: RefCell<Vec<i32>>,
 }
 
 /// What a lookup through watched descriptors found: `None` means "not
@@ -134,6 +149,10 @@ impl DirRules {
             unavailable: false,
             watch: None,
             stats: CacheStats::default(),
+            gen_fills: 0,
+            gen_hits: 0,
+            bypass_until: None,
+            backoff: Duration::ZERO,
         }
     }
 
@@ -154,7 +173,12 @@ impl DirRules {
             self.watch = None;
         } else if self.watch.is_none() && !self.unavailable {
             match Watch::new() {
-                Ok(w) => self.watch = Some(w),
+                Ok(w) => {
+                    // A new cache: what the last one kept is no churn.
+                    self.gen_fills = 0;
+                    self.gen_hits = 0;
+                    self.watch = Some(w);
+                }
                 // Short of descriptors or memory: try again later.
                 Err(e)
                     if matches!(
@@ -207,6 +231,12 @@ impl DirRules {
     /// anything was reported or the path names another directory. Returns
     /// whether the cache may be used for this lookup.
     fn sync(&mut self) -> bool {
+        if let Some(t) = self.bypass_until {
+            if Instant::now() < t {
+                return false;
+            }
+            self.bypass_until = None;
+        }
         self.set_caching(self.allowed);
         let Some(w) = self.watch.as_mut() else {
             return false;
@@ -214,24 +244,46 @@ impl DirRules {
         let changed = w.changed();
         let id = rfs::stat(&self.path).ok().map(|st| (st.st_dev, st.st_ino));
         if changed || id.is_none() || w.root != id {
-            if !w.entries.is_empty() {
-                self.stats.invalidations += 1;
-            }
+            w.root = id;
             if w.reset().is_err() {
                 self.watch = None;
                 return false;
             }
-            w.root = id;
+            self.churned();
         }
         // Gone or unreachable: the lookup by path gives the reference's
         // answer (and error).
-        id.is_some()
+        id.is_some() && self.bypass_until.is_none()
+    }
+
+    /// Accounts for a cache thrown away because something changed. A
+    /// generation of entries pays for its fills (each costs about three
+    /// lookups by path: watches, `fstatfs`) once it has answered three
+    /// times as many lookups as it filled; one that did not means edits
+    /// (or reads: opening a rule file counts) come too often to keep
+    /// anything, and the cache steps aside for a while, 10 ms doubling up
+    /// to a second, reading by path meanwhile, as the reference does.
+    fn churned(&mut self) {
+        let (fills, hits) = (self.gen_fills, self.gen_hits);
+        self.gen_fills = 0;
+        self.gen_hits = 0;
+        if fills == 0 {
+            return; // nothing was kept: nothing to judge
+        }
+        self.stats.invalidations += 1;
+        if hits >= 3 * fills {
+            self.backoff = Duration::ZERO;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+            self.bypass_until = Some(Instant::now() + self.backoff);
+        }
     }
 
     fn lookup_cached(&mut self, key: &str) -> io::Result<Decision> {
         let w = self.watch.as_mut().expect("sync made it");
         if let Some(d) = w.entries.get(key) {
             self.stats.hits += 1;
+            self.gen_hits += 1;
             return Ok(d.clone());
         }
         if w.entries.len() >= MAX_ENTRIES && w.reset().is_err() {
@@ -239,22 +291,19 @@ impl DirRules {
             self.stats.uncached += 1;
             return lookup_dir(&self.path, key);
         }
-        w.dirty = true;
         let Some(d) = w.fill(&self.path, key) else {
             self.stats.uncached += 1;
             return lookup_dir(&self.path, key);
         };
+        self.gen_fills += 1;
         if w.changed() {
             // Something changed while it was read: good for this
             // connection (read after it came), not to keep.
-            self.stats.invalidations += 1;
             self.stats.uncached += 1;
-            let root = w.root;
             if w.reset().is_err() {
                 self.watch = None;
-            } else {
-                w.root = root;
             }
+            self.churned();
         } else {
             w.entries.insert(key.to_owned(), d.clone());
             self.stats.fills += 1;
@@ -299,7 +348,7 @@ impl Watch {
             mounts,
             root: None,
             entries: HashMap::new(),
-            dirty: false,
+            wds: RefCell::new(Vec::new()),
         })
     }
 
@@ -320,15 +369,28 @@ impl Watch {
         }
     }
 
-    /// Forgets every entry and every watch (a new inotify descriptor: the
-    /// old one's watches and queued events go with it). The root stays.
+    /// Forgets every entry, every watch and every queued event. Watches
+    /// are removed one by one (a few per key) rather than with the whole
+    /// inotify instance: closing an instance waits for an RCU grace period,
+    /// some milliseconds. None may stay: a fill opens each file before
+    /// watching it, so that its own open is no `IN_OPEN` event.
     fn reset(&mut self) -> io::Result<()> {
         self.entries.clear();
-        if self.dirty {
-            self.dirty = false;
-            self.inotify = new_inotify()?;
+        for wd in self.wds.get_mut().drain(..) {
+            // Fails only for a watch the kernel already dropped (its inode
+            // deleted or unmounted).
+            let _ = inotify::remove_watch(&self.inotify, wd);
         }
-        Ok(())
+        // Then the queue: what came before, and the removals' IN_IGNORED.
+        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+        loop {
+            match rustix::io::read(&self.inotify, &mut buf) {
+                Ok((read, _)) if !read.is_empty() => {}
+                Ok(_) | Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Watches the inode `fd` refers to, if its filesystem reports every
@@ -342,7 +404,11 @@ impl Watch {
         // the file's own path could land on another inode if the path
         // changed meanwhile.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        inotify::add_watch(&self.inotify, path, watch_flags(dir)).ok()?;
+        let wd = inotify::add_watch(&self.inotify, path, watch_flags(dir)).ok()?;
+        let mut wds = self.wds.borrow_mut();
+        if wds.last().is_none_or(|&last| wd > last) {
+            wds.push(wd);
+        }
         Some(())
     }
 
@@ -562,6 +628,42 @@ mod tests {
         assert_eq!(r.check_uidgid_as(5, 7, 0, 0).unwrap(), d1);
         assert_eq!(r.stats().hits, before.hits);
         assert!(r.stats().uncached > before.uncached);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn steps_aside_while_edits_come_too_fast_then_caches_again() {
+        let d = tmp("churn");
+        let rules = d.join("rules");
+        allow(&rules, "uid/5", &[("S6_FDHOLDER_LIST", "\n")]);
+        let list = rules.join("uid/5/env/S6_FDHOLDER_LIST");
+        let mut r = DirRules::new(&rules);
+        r.set_caching(true);
+        let end = Instant::now() + Duration::from_millis(300);
+        let mut i = 0u64;
+        while Instant::now() < end {
+            // Every lookup follows an edit, and sees it.
+            std::fs::write(&list, if i.is_multiple_of(2) { "" } else { "\n" }).unwrap();
+            match r.check_uidgid_as(5, 7, 0, 0).unwrap() {
+                Decision::Allow(p) => assert_eq!(p.is_set(b"S6_FDHOLDER_LIST"), i % 2 == 1),
+                d => panic!("{d:?}"),
+            }
+            i += 1;
+        }
+        let s = r.stats();
+        // Filling costs more than reading by path: the cache stepped aside
+        // for most of the storm instead of filling for every lookup.
+        assert!(s.fills + s.invalidations < i / 4, "{s:?} after {i} lookups");
+        assert!(s.uncached > i / 2, "{s:?} after {i} lookups");
+        // Quiet again: after at most the longest step aside, kept again.
+        std::thread::sleep(MAX_BACKOFF + Duration::from_millis(50));
+        let fills = r.stats().fills;
+        let hits = r.stats().hits;
+        for _ in 0..3 {
+            r.check_uidgid_as(5, 7, 0, 0).unwrap();
+        }
+        assert_eq!(r.stats().fills, fills + 1);
+        assert_eq!(r.stats().hits, hits + 2);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
