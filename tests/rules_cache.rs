@@ -519,3 +519,44 @@ fn cache_closes_its_descriptors_near_the_fd_limit() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_write_through_mmap_after_caching_is_seen() {
+    // inotify reports no write through a mapping: the open before it is
+    // the event that throws the cache away. python3 opens and maps the
+    // file, writes through the mapping, and keeps the file open and mapped
+    // while the daemon is asked (so no close event helps).
+    use std::io::{BufRead, BufReader, Write};
+    let script = "import mmap,sys\n\
+                  f=open(sys.argv[1],'r+b')\n\
+                  m=mmap.mmap(f.fileno(),0)\n\
+                  m[0:2]=b'^b'\n\
+                  print('written',flush=True)\n\
+                  sys.stdin.read()\n";
+    for which in impls() {
+        let dir = common::tmpdir("mmap");
+        let rules = base(&dir);
+        let d = Daemon::with_rules(which, "-i", rules);
+        assert_eq!(probe(&d.sock), "list a", "{which:?}");
+        assert_eq!(probe(&d.sock), "list a", "{which:?}");
+        let mut py = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(env_file(&dir, "S6_FDHOLDER_STORE_REGEX"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed to write through mmap");
+        let mut line = String::new();
+        BufReader::new(py.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "written\n");
+        assert_eq!(probe(&d.sock), "list b", "{which:?}: mapped and written");
+        py.stdin.take().unwrap().write_all(b"").unwrap();
+        assert!(py.wait().unwrap().success());
+        assert_eq!(probe(&d.sock), "list b", "{which:?}");
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

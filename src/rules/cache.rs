@@ -39,13 +39,22 @@
 //! - Everything, when `/proc` is not mounted, inotify is not available, or
 //!   the daemon is short of descriptors (see [`DirRules::set_caching`]).
 //!
+//! # When edits come too often
+//!
+//! A fill costs about three lookups by path (watches, `fstatfs`). When the
+//! entries kept are thrown away before they answered three lookups per
+//! fill (edits, or reads by other processes: an open counts), the cache
+//! steps aside for 10 ms, doubling up to a second while it lasts, and
+//! lookups go by path, as the reference's do.
+//!
 //! # The one known limit
 //!
 //! inotify does not see writes made through a shared writable `mmap` of a
 //! file. Opening a watched file is itself an event here (`IN_OPEN`), so a
 //! mapping made after the file was cached is seen when it is made; a
-//! writable mapping that already existed before the file was read is not.
-//! No tool edits rule files that way.
+//! writable mapping that already existed before the file was read is not
+//! (`tests/rules_cache.rs` writes through a mapping made after). No tool
+//! edits rule files that way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
