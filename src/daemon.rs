@@ -34,11 +34,18 @@ use crate::wire::{MAX_FDS, Receiver, Sender};
 pub const MAXCONN_LIMIT: u32 = 256;
 
 /// Descriptors that must stay free, beyond held fds and connections, for
-/// the rules directory cache to be kept: its own two, the few a cache fill
-/// opens at once, the daemon's own (listener, stderr, epoll, signalfd) and
-/// room to accept. Nearer the limit the cache is closed and every lookup
-/// reads the directory by path, one descriptor at a time.
-const RULES_CACHE_FD_HEADROOM: u64 = 32;
+/// the rules directory cache to stay open: a whole setdump chunk
+/// ([`MAX_FDS`]) arriving at once, the daemon's own descriptors (listener,
+/// stderr, epoll, signalfd), the cache's two and the few a fill opens.
+/// Nearer the limit the cache is closed and every lookup reads the
+/// directory by path, one descriptor at a time, as before: the cache never
+/// takes a descriptor a client needs.
+const RULES_CACHE_FD_HEADROOM: u64 = MAX_FDS as u64 + 16;
+
+/// How much more room it takes to open the cache again: a count hovering
+/// at the threshold must not open and close it at every loop (closing an
+/// inotify instance takes milliseconds).
+const RULES_CACHE_FD_HYSTERESIS: u64 = 64;
 
 /// Where the access rules are.
 #[derive(Debug, Clone)]
@@ -234,7 +241,7 @@ fn err(e: rustix::io::Errno) -> io::Error {
 /// Opens the rules `cfg` names (the cdb is mapped now).
 pub fn open_rules(cfg: &RulesConfig) -> io::Result<Rules> {
     Ok(match cfg {
-        RulesConfig::Dir(d) => Rules::Dir(DirRules::new(d.clone())),
+        RulesConfig::Dir(d) => Rules::Dir(Box::new(DirRules::new(d.clone()))),
         RulesConfig::Cdb(f) => Rules::Cdb(CdbRules::open(f)?),
     })
 }
@@ -465,11 +472,16 @@ impl Daemon<'_> {
 
     /// Allows the rules directory cache only while descriptors are
     /// plentiful (see [`RULES_CACHE_FD_HEADROOM`]); forbidding it closes
-    /// its descriptors at once.
+    /// its descriptors at once, allowing it opens them.
     fn fit_rules_cache(&mut self) {
         if let Rules::Dir(d) = &mut self.rules {
-            let used = (self.store.len() + self.nconns) as u64 + RULES_CACHE_FD_HEADROOM;
-            d.set_caching(self.fd_limit.is_none_or(|lim| used <= lim));
+            let used = (self.store.len() + self.nconns) as u64;
+            let need = if d.caching() {
+                RULES_CACHE_FD_HEADROOM
+            } else {
+                RULES_CACHE_FD_HEADROOM + RULES_CACHE_FD_HYSTERESIS
+            };
+            d.set_caching(self.fd_limit.is_none_or(|lim| used + need <= lim));
         }
     }
 

@@ -68,7 +68,7 @@ pub enum Decision {
 pub enum Rules {
     /// A rules directory: edits act on the very next lookup (read at every
     /// lookup, or kept until the kernel reports a change: see [`DirRules`]).
-    Dir(DirRules),
+    Dir(Box<DirRules>),
     /// A rules cdb, as mapped when opened (reopen to see a new file).
     Cdb(CdbRules),
 }
@@ -276,7 +276,7 @@ pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
     p.truncate(base);
     push_component(&mut p, b"exec");
     let mut exec = Vec::new();
-    match File::open(as_path(&p)) {
+    match open_nonblocking(as_path(&p)) {
         Ok(f) => {
             f.take(4096).read_to_end(&mut exec)?;
         }
@@ -284,6 +284,16 @@ pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
         Err(e) => return Err(e),
     }
     Ok(Decision::Allow(Params { env, exec }))
+}
+
+/// Opens a rule file for reading without blocking: a FIFO put in the rules
+/// reads as empty instead of hanging the daemon (the reference hangs).
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// How much of each file an environment directory read looks at, as
@@ -334,7 +344,7 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
             continue;
         }
         push_component(&mut path, name.as_bytes());
-        let f = File::open(as_path(&path));
+        let f = open_nonblocking(as_path(&path));
         path.truncate(base);
         let name = name.as_bytes();
         let f = f.map_err(|e| {

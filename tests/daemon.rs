@@ -251,10 +251,23 @@ fn rlimit_clamp_case(args: &[&str]) {
         libc::ENFILE
     );
     // Full, and still serving: the next client can delete and store again.
-    // (With 14 held, the daemon has descriptors for one client at a time.)
+    // (With 14 held, the daemon has descriptors for one client at a time:
+    // the next one is served once the first is gone, which the daemon sees
+    // only when every copy of its socket is closed, and a process forked
+    // meanwhile by another test thread holds one until it execs.)
     drop(c);
-    let mut c2 = d.client();
-    c2.delete(b"0", None).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut c2 = loop {
+        let mut c2 = d.client();
+        match c2.delete(b"0", None) {
+            Ok(()) => break c2,
+            Err(e) if Instant::now() < end => {
+                eprintln!("retrying after {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the daemon never served the next client: {e}"),
+        }
+    };
     c2.store(f.as_fd(), b"x", None, None).unwrap();
 }
 

@@ -52,8 +52,8 @@
 //! inotify does not see writes made through a shared writable `mmap` of a
 //! file. Opening a watched file is itself an event here (`IN_OPEN`), so a
 //! mapping made after the file was cached is seen when it is made; a
-//! writable mapping that already existed before the file was read is not
-//! (`tests/rules_cache.rs` writes through a mapping made after). No tool
+//! mapping through a descriptor opened before the file was read is not
+//! (`tests/rules_cache.rs` writes through a mapping opened after). No tool
 //! edits rule files that way.
 
 use std::cell::RefCell;
@@ -65,7 +65,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::fs::{self as rfs, Access, AtFlags, FileType, Mode, OFlags, RawDir, inotify};
+use rustix::fs::{
+    self as rfs, Access, AtFlags, CWD, FileType, Mode, OFlags, RawDir, StatxFlags, inotify,
+};
 use rustix::io::Errno;
 
 use super::{Decision, EnvVar, Params, check_uidgid_with, env_value, lookup_dir};
@@ -136,14 +138,42 @@ struct Watch {
     inotify: OwnedFd,
     /// `/proc/self/mountinfo`: `POLLPRI` when the mount table changes.
     mounts: OwnedFd,
-    /// Device and inode of the directory the entries were read from.
-    root: Option<(u64, u64)>,
+    /// The directory the entries were read from, and through which mount.
+    root: Option<Identity>,
     entries: HashMap<String, Decision>,
-    /// Every watch made since the last reset. The kernel numbers watches
-    /// upwards, so a watch descriptor above the last one is a new watch
-    /// (an inode watched already gives its existing one).
+    /// Every watch made since the last reset (an inode watched already
+    /// gives its existing watch descriptor back).
     wds: RefCell<Vec<i32>>,
 }
+
+/// What names a directory exactly: its device and inode, and the mount it
+/// is reached through (the same directory seen through another mount may
+/// have other mounts below it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: (u32, u32),
+    ino: u64,
+    mnt_id: u64,
+}
+
+/// The identity of `path` from `dir` (`statx`); `None` if it cannot be had,
+/// mount id included (Linux before 5.8 has none: nothing is cached there).
+fn identity(dir: BorrowedFd<'_>, path: &Path, flags: AtFlags) -> Option<Identity> {
+    let need = StatxFlags::INO | StatxFlags::MNT_ID;
+    let st = rfs::statx(dir, path, flags, need).ok()?;
+    if st.stx_mask & need.bits() != need.bits() {
+        return None;
+    }
+    Some(Identity {
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mnt_id: st.stx_mnt_id,
+    })
+}
+
+/// Path limits (`<limits.h>`), for paths lookup_dir builds.
+const PATH_MAX: usize = 4096;
+const NAME_MAX: usize = 255;
 
 /// What a lookup through watched descriptors found: `None` means "not
 /// cacheable, look it up by path".
@@ -200,6 +230,11 @@ impl DirRules {
         }
     }
 
+    /// Whether caching is allowed (see [`DirRules::set_caching`]).
+    pub fn caching(&self) -> bool {
+        self.allowed
+    }
+
     /// How the cache has been used so far.
     pub fn stats(&self) -> CacheStats {
         self.stats
@@ -251,7 +286,7 @@ impl DirRules {
             return false;
         };
         let changed = w.changed();
-        let id = rfs::stat(&self.path).ok().map(|st| (st.st_dev, st.st_ino));
+        let id = identity(CWD, &self.path, AtFlags::empty());
         if changed || id.is_none() || w.root != id {
             w.root = id;
             if w.reset().is_err() {
@@ -289,7 +324,11 @@ impl DirRules {
     }
 
     fn lookup_cached(&mut self, key: &str) -> io::Result<Decision> {
-        let w = self.watch.as_mut().expect("sync made it");
+        let Some(w) = self.watch.as_mut() else {
+            // Closed by a failed reset for an earlier key of this lookup.
+            self.stats.uncached += 1;
+            return lookup_dir(&self.path, key);
+        };
         if let Some(d) = w.entries.get(key) {
             self.stats.hits += 1;
             self.gen_hits += 1;
@@ -300,11 +339,14 @@ impl DirRules {
             self.stats.uncached += 1;
             return lookup_dir(&self.path, key);
         }
+        // A fill that gives up still counts: it may have watched files that
+        // the lookup by path then opens (an event), and if that happens at
+        // every connection, the churn rule makes the cache step aside.
+        self.gen_fills += 1;
         let Some(d) = w.fill(&self.path, key) else {
             self.stats.uncached += 1;
             return lookup_dir(&self.path, key);
         };
-        self.gen_fills += 1;
         if w.changed() {
             // Something changed while it was read: good for this
             // connection (read after it came), not to keep.
@@ -415,7 +457,7 @@ impl Watch {
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let wd = inotify::add_watch(&self.inotify, path, watch_flags(dir)).ok()?;
         let mut wds = self.wds.borrow_mut();
-        if wds.last().is_none_or(|&last| wd > last) {
+        if !wds.contains(&wd) {
             wds.push(wd);
         }
         Some(())
@@ -468,8 +510,13 @@ impl Watch {
             Mode::empty(),
         )
         .ok()?;
-        let st = rfs::fstat(&root).ok()?;
-        if self.root != Some((st.st_dev, st.st_ino)) {
+        // Paths as long as lookup_dir's fail there (ENAMETOOLONG) while
+        // relative ones would not: those are read by path.
+        if path.as_os_str().len() + key.len() + 2 * NAME_MAX >= PATH_MAX {
+            return None;
+        }
+        let here = identity(root.as_fd(), Path::new(""), AtFlags::EMPTY_PATH);
+        if here.is_none() || here != self.root {
             return None; // replaced since the check: read it by path
         }
         self.watch(root.as_fd(), true)?;
@@ -522,7 +569,7 @@ impl Watch {
             let f = rfs::openat(
                 &dir,
                 name.as_c_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .ok()?;
@@ -543,7 +590,7 @@ impl Watch {
         let f = match rfs::openat(
             key,
             "exec",
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(f) => f,
