@@ -180,13 +180,7 @@ impl Client {
             if let Some((payload, fds)) = self.rx.take_message()? {
                 return Ok((payload.to_vec(), fds));
             }
-            // No deadline: a blocking read waits in the kernel (a socket
-            // made non-blocking by a timed send gives EAGAIN, then poll).
-            let got = match deadline {
-                None => self.rx.fill_blocking(self.sock.as_fd()),
-                Some(_) => self.rx.fill(self.sock.as_fd()),
-            };
-            match got {
+            match self.rx.fill(self.sock.as_fd()) {
                 Ok(0) => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -213,22 +213,16 @@ impl Receiver {
     /// Performs one `recvmsg` (non-blocking). Returns the number of bytes
     /// read; 0 means the peer closed its end.
     pub fn fill(&mut self, sock: BorrowedFd<'_>) -> io::Result<usize> {
-        self.recv(sock, RecvFlags::DONTWAIT)
-    }
-
-    /// [`Receiver::fill`], but waits for data if the socket is in blocking
-    /// mode: one system call where a non-blocking read would take three
-    /// (`recvmsg` failing with `EAGAIN`, `poll`, `recvmsg`).
-    pub fn fill_blocking(&mut self, sock: BorrowedFd<'_>) -> io::Result<usize> {
-        self.recv(sock, RecvFlags::empty())
-    }
-
-    fn recv(&mut self, sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<usize> {
         self.make_room()?;
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut anc = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(&mut self.buf[self.end..])];
-        let r = rustix::net::recvmsg(sock, &mut iov, &mut anc, RecvFlags::CMSG_CLOEXEC | flags)?;
+        let r = rustix::net::recvmsg(
+            sock,
+            &mut iov,
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        )?;
         for msg in anc.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
                 self.fds.extend(fds);
