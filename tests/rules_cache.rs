@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Impl, Opts, have_reference, is_root};
 use fdholder::Client;
 
+/// The tests of this file one at a time: a mount or unmount made by one
+/// is an event for every daemon's cache (the mount table is one), which
+/// would empty another test's cache just before it checks that the cache
+/// is in play.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn impls() -> Vec<Impl> {
     let mut v = vec![Impl::Ours];
     if have_reference() {
@@ -139,6 +148,7 @@ fn env_file(dir: &Path, var: &str) -> PathBuf {
 
 #[test]
 fn env_file_rewritten_in_place() {
+    let _serial = serial();
     case(
         "inplace",
         base,
@@ -150,6 +160,7 @@ fn env_file_rewritten_in_place() {
 
 #[test]
 fn env_file_replaced_by_rename() {
+    let _serial = serial();
     case(
         "rename",
         base,
@@ -166,6 +177,7 @@ fn env_file_replaced_by_rename() {
 
 #[test]
 fn env_file_removed_emptied_truncated_or_added() {
+    let _serial = serial();
     case(
         "removed",
         base,
@@ -209,6 +221,7 @@ fn env_file_removed_emptied_truncated_or_added() {
 
 #[test]
 fn env_file_edited_through_a_hard_link_elsewhere() {
+    let _serial = serial();
     case(
         "hardlink",
         |dir| {
@@ -228,6 +241,7 @@ fn env_file_edited_through_a_hard_link_elsewhere() {
 
 #[test]
 fn env_dir_replaced() {
+    let _serial = serial();
     case(
         "envdir",
         base,
@@ -244,6 +258,7 @@ fn env_dir_replaced() {
 
 #[test]
 fn allow_removed_then_deny_then_allow_again() {
+    let _serial = serial();
     let key = |dir: &Path| dir.join("rules").join(me());
     case(
         "noallow",
@@ -277,6 +292,7 @@ fn allow_removed_then_deny_then_allow_again() {
 
 #[test]
 fn key_dir_swapped_or_created_with_precedence() {
+    let _serial = serial();
     case(
         "keyswap",
         base,
@@ -311,6 +327,7 @@ fn key_dir_swapped_or_created_with_precedence() {
 
 #[test]
 fn rules_dir_or_an_ancestor_swapped() {
+    let _serial = serial();
     case(
         "rootswap",
         base,
@@ -341,6 +358,7 @@ fn rules_dir_or_an_ancestor_swapped() {
 
 #[test]
 fn symlinked_rules_dir_switched() {
+    let _serial = serial();
     // The s6-rc way of switching a live directory: a new symlink renamed
     // over the old one.
     case(
@@ -362,6 +380,7 @@ fn symlinked_rules_dir_switched() {
 
 #[test]
 fn symlinks_inside_the_tree_are_followed_and_never_go_stale() {
+    let _serial = serial();
     // A key that is a symlink, and an env file that is a symlink to a file
     // outside the tree: the cache does not keep such keys, so editing the
     // targets acts at once.
@@ -400,6 +419,7 @@ fn symlinks_inside_the_tree_are_followed_and_never_go_stale() {
 
 #[test]
 fn bind_mount_over_a_key_then_unmount() {
+    let _serial = serial();
     // Mounts are not inotify events: the daemon also watches the mount
     // table. Mounting over the key replaces it; unmounting brings it back.
     if !is_root("mounting over a rules key") {
@@ -444,6 +464,7 @@ fn bind_mount_over_a_key_then_unmount() {
 
 #[test]
 fn a_burst_of_edits_each_seen_by_the_next_connection() {
+    let _serial = serial();
     for which in impls() {
         let dir = common::tmpdir("burst");
         let rules = base(&dir);
@@ -475,6 +496,7 @@ fn a_burst_of_edits_each_seen_by_the_next_connection() {
 
 #[test]
 fn cache_closes_its_descriptors_near_the_fd_limit() {
+    let _serial = serial();
     // The cache stays open while held fds and connections leave 269
     // descriptors free (a whole setdump chunk of 253, and the daemon's
     // own), and opens again only with 64 more. With RLIMIT_NOFILE 400: open
@@ -526,6 +548,7 @@ fn cache_closes_its_descriptors_near_the_fd_limit() {
 
 #[test]
 fn a_fifo_in_the_rules_never_hangs_the_daemon() {
+    let _serial = serial();
     // The reference blocks for ever opening a FIFO put in a rules
     // directory; ours opens rule files non-blocking: a FIFO reads as an
     // empty file (the variable is unset), and the daemon serves on.
@@ -550,6 +573,7 @@ fn a_fifo_in_the_rules_never_hangs_the_daemon() {
 
 #[test]
 fn a_write_through_mmap_after_caching_is_seen() {
+    let _serial = serial();
     // inotify reports no write through a mapping: the open before it is
     // the event that throws the cache away. python3 opens and maps the
     // file, writes through the mapping, and keeps the file open and mapped
@@ -591,6 +615,7 @@ fn a_write_through_mmap_after_caching_is_seen() {
 
 #[test]
 fn the_same_directory_through_another_mount_is_another_directory() {
+    let _serial = serial();
     // `alt` is a bind mount of `real`: its `rules` is the very same
     // directory (same device and inode), but a key below it is mounted
     // over in `alt` only. Switching the path from `real` to `alt` with a

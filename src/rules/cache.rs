@@ -711,15 +711,17 @@ mod tests {
         // for most of the storm instead of filling for every lookup.
         assert!(s.fills + s.invalidations < i / 4, "{s:?} after {i} lookups");
         assert!(s.uncached > i / 2, "{s:?} after {i} lookups");
-        // Quiet again: after at most the longest step aside, kept again.
+        // Quiet again: after at most the longest step aside, kept again (at
+        // most one fill, if the storm ended between fills, then hits).
         std::thread::sleep(MAX_BACKOFF + Duration::from_millis(50));
-        let fills = r.stats().fills;
-        let hits = r.stats().hits;
-        for _ in 0..3 {
+        let before = r.stats();
+        for _ in 0..5 {
             r.check_uidgid_as(5, 7, 0, 0).unwrap();
         }
-        assert_eq!(r.stats().fills, fills + 1);
-        assert_eq!(r.stats().hits, hits + 2);
+        let after = r.stats();
+        assert!(after.fills <= before.fills + 1, "{before:?} {after:?}");
+        assert!(after.hits >= before.hits + 4, "{before:?} {after:?}");
+        assert_eq!(after.uncached, before.uncached, "{before:?} {after:?}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
