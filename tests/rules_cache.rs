@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Impl, Opts, have_reference, is_root};
 use fdholder::Client;
 
+/// Runs `mount` or `umount` with `args`; it must succeed.
+fn mount(args: &[&std::ffi::OsStr]) {
+    let st = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{args:?} failed");
+}
+
 /// The tests of this file one at a time: a mount or unmount made by one
 /// is an event for every daemon's cache (the mount table is one), which
 /// would empty another test's cache just before it checks that the cache
@@ -425,13 +434,6 @@ fn bind_mount_over_a_key_then_unmount() {
     if !is_root("mounting over a rules key") {
         return;
     }
-    let run = |args: &[&std::ffi::OsStr]| {
-        let st = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .unwrap();
-        assert!(st.success(), "{args:?} failed");
-    };
     for which in impls() {
         let dir = common::tmpdir("mount");
         let rules = base(&dir);
@@ -444,7 +446,7 @@ fn bind_mount_over_a_key_then_unmount() {
             assert!(watches(d.child.id()) > 0);
         }
         let other = dir.join("other/k");
-        run(&[
+        mount(&[
             "mount".as_ref(),
             "--bind".as_ref(),
             other.as_os_str(),
@@ -452,7 +454,7 @@ fn bind_mount_over_a_key_then_unmount() {
         ]);
         let mounted = probe(&d.sock);
         let again = probe(&d.sock);
-        run(&["umount".as_ref(), key.as_os_str()]);
+        mount(&["umount".as_ref(), key.as_os_str()]);
         assert_eq!(mounted, "b", "{which:?}: after mount");
         assert_eq!(again, "b", "{which:?}: after mount, again");
         assert_eq!(probe(&d.sock), "list a", "{which:?}: after umount");
@@ -623,13 +625,6 @@ fn the_same_directory_through_another_mount_is_another_directory() {
     if !is_root("bind mounts") {
         return;
     }
-    let run = |args: &[&std::ffi::OsStr]| {
-        let st = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .unwrap();
-        assert!(st.success(), "{args:?} failed");
-    };
     for which in impls() {
         let dir = common::tmpdir("mntid");
         base(&dir.join("real"));
@@ -637,13 +632,13 @@ fn the_same_directory_through_another_mount_is_another_directory() {
         let alt = dir.join("alt");
         std::fs::create_dir(&alt).unwrap();
         let covered = alt.join("rules").join(me());
-        run(&[
+        mount(&[
             "mount".as_ref(),
             "--bind".as_ref(),
             dir.join("real").as_os_str(),
             alt.as_os_str(),
         ]);
-        run(&[
+        mount(&[
             "mount".as_ref(),
             "--bind".as_ref(),
             dir.join("other/k").as_os_str(),
@@ -658,8 +653,8 @@ fn the_same_directory_through_another_mount_is_another_directory() {
         std::fs::rename(dir.join("live.new"), dir.join("live")).unwrap();
         let after = probe(&d.sock);
         drop(d);
-        run(&["umount".as_ref(), covered.as_os_str()]);
-        run(&["umount".as_ref(), alt.as_os_str()]);
+        mount(&["umount".as_ref(), covered.as_os_str()]);
+        mount(&["umount".as_ref(), alt.as_os_str()]);
         assert_eq!(
             (first.as_str(), second.as_str()),
             ("list a", "list a"),
