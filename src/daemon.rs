@@ -497,7 +497,6 @@ impl Daemon<'_> {
             }
         };
         let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
-        self.fit_rules_cache();
         let Some(rights) = self.rights_for(uid, gid) else {
             self.log
                 .info(format_args!("refused connection from uid {uid} gid {gid}"));

@@ -56,7 +56,6 @@
 //! (`tests/rules_cache.rs` writes through a mapping opened after). No tool
 //! edits rule files that way.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
@@ -143,7 +142,7 @@ struct Watch {
     entries: HashMap<String, Decision>,
     /// Every watch made since the last reset (an inode watched already
     /// gives its existing watch descriptor back).
-    wds: RefCell<Vec<i32>>,
+    wds: Vec<i32>,
 }
 
 /// What names a directory exactly: its device and inode, and the mount it
@@ -380,6 +379,18 @@ fn watch_flags(dir: bool) -> inotify::WatchFlags {
     if dir { f } else { f | W::OPEN }
 }
 
+/// Opens a rule file to read it, as `lookup_dir` does (non-blocking: a
+/// FIFO reads as empty), but never through a symlink (`ELOOP`: the key is
+/// then read by path).
+fn open_rule_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 fn new_inotify() -> io::Result<OwnedFd> {
     Ok(inotify::init(
         inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK,
@@ -399,7 +410,7 @@ impl Watch {
             mounts,
             root: None,
             entries: HashMap::new(),
-            wds: RefCell::new(Vec::new()),
+            wds: Vec::new(),
         })
     }
 
@@ -427,7 +438,7 @@ impl Watch {
     /// watching it, so that its own open is no `IN_OPEN` event.
     fn reset(&mut self) -> io::Result<()> {
         self.entries.clear();
-        for wd in self.wds.get_mut().drain(..) {
+        for wd in self.wds.drain(..) {
             // Fails only for a watch the kernel already dropped (its inode
             // deleted or unmounted).
             let _ = inotify::remove_watch(&self.inotify, wd);
@@ -446,7 +457,7 @@ impl Watch {
 
     /// Watches the inode `fd` refers to, if its filesystem reports every
     /// change. `None`: not cacheable.
-    fn watch(&self, fd: BorrowedFd<'_>, dir: bool) -> Option<()> {
+    fn watch(&mut self, fd: BorrowedFd<'_>, dir: bool) -> Option<()> {
         let fs = rfs::fstatfs(fd).ok()?;
         if !is_local(fs.f_type) {
             return None;
@@ -456,9 +467,8 @@ impl Watch {
         // changed meanwhile.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let wd = inotify::add_watch(&self.inotify, path, watch_flags(dir)).ok()?;
-        let mut wds = self.wds.borrow_mut();
-        if !wds.contains(&wd) {
-            wds.push(wd);
+        if !self.wds.contains(&wd) {
+            self.wds.push(wd);
         }
         Some(())
     }
@@ -466,7 +476,7 @@ impl Watch {
     /// Opens `name` in `dir` without following a symlink, and watches it.
     /// `Ok(None)`: it does not exist (the watched `dir` reports its
     /// creation). `Err(())`: not cacheable (a symlink, an error, ...).
-    fn node(&self, dir: BorrowedFd<'_>, name: &str) -> Result<Option<(OwnedFd, FileType)>, ()> {
+    fn node(&mut self, dir: BorrowedFd<'_>, name: &str) -> Result<Option<(OwnedFd, FileType)>, ()> {
         let fd = match rfs::openat(
             dir,
             name,
@@ -488,7 +498,7 @@ impl Watch {
 
     /// Whether `dir/name` exists and is readable, as `access(R_OK)`, with
     /// the inode watched first (its mode or owner may change).
-    fn readable(&self, dir: BorrowedFd<'_>, name: &str) -> Option<bool> {
+    fn readable(&mut self, dir: BorrowedFd<'_>, name: &str) -> Option<bool> {
         match self.node(dir, name) {
             Ok(None) => return Some(false),
             Ok(Some(_)) => {}
@@ -503,7 +513,7 @@ impl Watch {
 
     /// Reads `key` below `path` as [`lookup_dir`] does, watching every
     /// inode before reading it. `None`: not cacheable.
-    fn fill(&self, path: &Path, key: &str) -> Fill {
+    fn fill(&mut self, path: &Path, key: &str) -> Fill {
         let root = rfs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -541,7 +551,7 @@ impl Watch {
     }
 
     /// The key's `env/`, as [`super::read_envdir`] reads it.
-    fn read_env(&self, key: BorrowedFd<'_>) -> Option<Vec<EnvVar>> {
+    fn read_env(&mut self, key: BorrowedFd<'_>) -> Option<Vec<EnvVar>> {
         let dir = match rfs::openat(
             key,
             "env",
@@ -566,13 +576,7 @@ impl Watch {
         }
         let mut env = Vec::with_capacity(names.len());
         for name in names {
-            let f = rfs::openat(
-                &dir,
-                name.as_c_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()?;
+            let f = open_rule_file(dir.as_fd(), name.as_c_str()).ok()?;
             self.watch(f.as_fd(), false)?;
             let value = env_value(super::read_first_line(&f).ok()?);
             env.push(EnvVar {
@@ -586,13 +590,8 @@ impl Watch {
     /// The key's `exec` (up to 4096 bytes), empty if absent or unreadable.
     /// Opened before it is watched, as the env files: our own open must not
     /// count as an `IN_OPEN` event.
-    fn read_exec(&self, key: BorrowedFd<'_>) -> Option<Vec<u8>> {
-        let f = match rfs::openat(
-            key,
-            "exec",
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+    fn read_exec(&mut self, key: BorrowedFd<'_>) -> Option<Vec<u8>> {
+        let f = match open_rule_file(key, c"exec") {
             Ok(f) => f,
             Err(Errno::NOENT) => return Some(Vec::new()),
             // Unreadable: nothing, but watched (a chmod makes it readable).
