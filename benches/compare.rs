@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fdholder::wire::{Receiver, Sender};
@@ -22,6 +23,9 @@ use fdholder::{Client, DumpEntryRef, Tain};
 
 const OURS: &str = env!("CARGO_BIN_EXE_s6-fdholderd");
 const REF: &str = "/usr/bin/s6-fdholderd";
+/// Stands for the bench's own floor server ([`floor_daemon`]) in
+/// [`Daemon::start`].
+const FLOOR: &str = "floor";
 const MAXCONN: &str = "16";
 const MAXFDS: &str = "11000";
 
@@ -66,9 +70,16 @@ impl Daemon {
         let l = UnixListener::bind(&sock).unwrap();
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
         l.set_nonblocking(true).unwrap();
-        let mut child = Command::new(prog)
-            .args(["-1", "-c", MAXCONN, "-n", MAXFDS, flag])
-            .arg(rules)
+        let mut cmd = if prog == FLOOR {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.arg("--floor-daemon");
+            c
+        } else {
+            let mut c = Command::new(prog);
+            c.args(["-1", "-c", MAXCONN, "-n", MAXFDS, flag]).arg(rules);
+            c
+        };
+        let mut child = cmd
             .stdin(Stdio::from(OwnedFd::from(l)))
             .stdout(Stdio::piped())
             .spawn()
@@ -273,8 +284,8 @@ fn load_on(kind: &str, sock: &Path, n: usize, millis: u64, cpu: Option<usize>) -
 fn floor_server() {
     let sock: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
     let mut rx = Receiver::new(1 << 16);
-    let mut tx: Sender<OwnedFd> = Sender::new();
-    let mut held: Option<OwnedFd> = None;
+    let mut tx: Sender<Rc<OwnedFd>> = Sender::new();
+    let mut held: Option<Rc<OwnedFd>> = None;
     loop {
         let (op, mut fds) = match rx.take_message().unwrap() {
             Some((p, f)) => (p.first().copied(), f),
@@ -294,16 +305,108 @@ fn floor_server() {
         };
         match op {
             Some(b'S') => {
-                held = fds.pop();
+                held = fds.pop().map(Rc::new);
                 tx.push(vec![0], vec![]);
             }
-            Some(b'R') => tx.push(vec![0], vec![held.as_ref().unwrap().try_clone().unwrap()]),
+            // Sent by reference, as the daemons do: no dup.
+            Some(b'R') => tx.push(vec![0], vec![held.clone().unwrap()]),
             _ => {
                 held = None;
                 tx.push(vec![0], vec![]);
             }
         }
         assert!(tx.flush(sock.as_fd()).unwrap());
+    }
+}
+
+/// The physical limit for several clients: a server on the daemons' kind
+/// of socket (listener on stdin, `-1` readiness, epoll, one `recvmsg` per
+/// readable client, replies written at once) that answers the session
+/// exchange with no daemon logic: no rules, no lookup, one held fd per
+/// connection, sent back by reference as the daemons do.
+fn floor_daemon() {
+    use rustix::event::epoll;
+    struct Peer {
+        sock: OwnedFd,
+        rx: Receiver,
+        tx: Sender<Rc<OwnedFd>>,
+        held: Option<Rc<OwnedFd>>,
+    }
+    const LISTENER: u64 = u64::MAX;
+    let listener: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+    epoll::add(
+        &ep,
+        &listener,
+        epoll::EventData::new_u64(LISTENER),
+        epoll::EventFlags::IN,
+    )
+    .unwrap();
+    let mut peers: Vec<Option<Peer>> = Vec::new();
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+    println!();
+    std::io::stdout().flush().unwrap();
+    loop {
+        events.clear();
+        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("{e}"),
+        }
+        for ev in events.iter() {
+            let key = ev.data.u64();
+            if key == LISTENER {
+                let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+                while let Ok(sock) = rustix::net::accept_with(&listener, flags) {
+                    let slot = peers.iter().position(Option::is_none).unwrap_or_else(|| {
+                        peers.push(None);
+                        peers.len() - 1
+                    });
+                    epoll::add(
+                        &ep,
+                        &sock,
+                        epoll::EventData::new_u64(slot as u64),
+                        epoll::EventFlags::IN,
+                    )
+                    .unwrap();
+                    peers[slot] = Some(Peer {
+                        sock,
+                        rx: Receiver::new(1 << 16),
+                        tx: Sender::new(),
+                        held: None,
+                    });
+                }
+                continue;
+            }
+            let slot = key as usize;
+            let Some(p) = peers[slot].as_mut() else {
+                continue;
+            };
+            match p.rx.fill(p.sock.as_fd()) {
+                Ok(0) => {
+                    // Closing the socket takes it out of the epoll set.
+                    peers[slot] = None;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+            while let Some((payload, mut fds)) = p.rx.take_message().unwrap() {
+                match payload.first() {
+                    Some(b'S') => {
+                        p.held = fds.pop().map(Rc::new);
+                        p.tx.push(vec![0], vec![]);
+                    }
+                    Some(b'R') => p.tx.push(vec![0], vec![p.held.clone().unwrap()]),
+                    _ => {
+                        p.held = None;
+                        p.tx.push(vec![0], vec![]);
+                    }
+                }
+            }
+            assert!(p.tx.flush(p.sock.as_fd()).unwrap());
+        }
     }
 }
 
@@ -498,6 +601,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("--worker") => return worker(&args[1..]),
         Some("--floor-server") => return floor_server(),
+        Some("--floor-daemon") => return floor_daemon(),
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -550,6 +654,40 @@ fn main() {
             });
             t.rate(&format!("conn -x cdb, {n} client(s), {how} (ops/s)"), m);
         }
+    }
+    // The floor for 4 clients: a server with no daemon logic on the same
+    // kind of socket, rotated with both daemons (each round runs the three
+    // back to back, in a rotating order).
+    {
+        let floor_d = Daemon::start(FLOOR, "floor", false);
+        let trio = [&ours, &reference, &floor_d];
+        let mut runs: [Vec<f64>; 3] = Default::default();
+        let (mut of, mut fr) = (vec![], vec![]);
+        for i in 0..rounds {
+            let mut r = [0.0; 3];
+            for k in 0..3 {
+                let j = (i + k) % 3;
+                r[j] = load("session", trio[j], 4, millis, Place::Free);
+            }
+            for j in 0..3 {
+                runs[j].push(r[j]);
+            }
+            of.push(r[0] / r[2]);
+            fr.push(r[2] / r[1]);
+        }
+        let [mo, mr, mf] = runs.map(|mut v| median(&mut v));
+        t.row(
+            "session, 4 clients: floor server vs reference",
+            format!("{mf:.0}"),
+            format!("{mr:.0}"),
+            format!("{:.2}", median(&mut fr)),
+        );
+        t.row(
+            "session, 4 clients: ours vs floor server",
+            format!("{mo:.0}"),
+            format!("{mf:.0}"),
+            format!("{:.2}", median(&mut of)),
+        );
     }
     // The floor, alternated with our single-client session.
     let (mut fl, mut s1, mut q) = (vec![], vec![], vec![]);
