@@ -45,6 +45,10 @@ pub struct Regex {
     // Boxed so that the compiled pattern never moves: glibc keeps no
     // self-pointers today, but POSIX does not promise a `regex_t` is movable.
     re: Box<libc::regex_t>,
+    /// The pattern is `.*` (or empty, which means `.*`): it matches the
+    /// empty string at the start of any subject, so every search succeeds
+    /// and `regexec` need not run. This is the usual "every id" right.
+    matches_all: bool,
 }
 
 impl Regex {
@@ -74,11 +78,17 @@ impl Regex {
         }
         // SAFETY: regcomp returned 0, so it fully initialised the regex_t.
         let re = unsafe { Box::from_raw(Box::into_raw(re).cast::<libc::regex_t>()) };
-        Ok(Regex { re })
+        Ok(Regex {
+            re,
+            matches_all: pattern == b".*",
+        })
     }
 
     /// Whether the regex matches anywhere in `s` (unanchored search).
     pub fn is_match(&self, s: &CStr) -> bool {
+        if self.matches_all {
+            return true;
+        }
         // SAFETY: `self.re` was initialised by a successful regcomp, `s` is
         // NUL-terminated, and with nmatch 0 no match array is written.
         unsafe { regexec(&*self.re, s.as_ptr(), 0, std::ptr::null_mut(), 0) == 0 }
@@ -243,5 +253,26 @@ mod tests {
         assert!(m("^[[:digit:]]+$", "123"));
         assert!(!m(".^", "x"));
         assert!(Regex::new(b"(").is_err());
+    }
+
+    /// `.*` and the empty pattern skip `regexec`: the C library, given the
+    /// same language spelled so that it does run (`(.*)`, `^`), agrees on
+    /// every kind of id, bytes above 0x7f and newlines included.
+    #[test]
+    fn match_all_shortcut_agrees_with_regexec() {
+        let all = [Regex::new(b"").unwrap(), Regex::new(b".*").unwrap()];
+        assert!(all.iter().all(|r| r.matches_all));
+        let spelled = [Regex::new(b"(.*)").unwrap(), Regex::new(b"^").unwrap()];
+        assert!(spelled.iter().all(|r| !r.matches_all));
+        let mut ids: Vec<Vec<u8>> = vec![vec![], b"x".to_vec(), b"\n".to_vec(), b"a\nb".to_vec()];
+        ids.extend((1u8..=255).map(|b| vec![b]));
+        ids.extend((1u8..=255).map(|b| vec![b'a', b, 0xff, b'z']));
+        ids.push(vec![0xc3; 3000]);
+        for id in ids {
+            let id = CString::new(id).unwrap();
+            for r in all.iter().chain(spelled.iter()) {
+                assert!(r.is_match(&id), "{id:?}");
+            }
+        }
     }
 }
