@@ -99,6 +99,8 @@ impl Log {
 struct Held {
     fd: Rc<OwnedFd>,
     limit: Tain,
+    /// Whether `(limit, id)` is in [`Store::by_limit`].
+    expires: bool,
 }
 
 /// The held descriptors.
@@ -130,7 +132,8 @@ impl Store {
 
     /// Holds `fd` under `id`, which the caller knows is not held.
     fn insert(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
-        if limit.is_finite_from(now) {
+        let expires = limit.is_finite_from(now);
+        if expires {
             self.by_limit.insert((limit, id.into()));
         }
         self.by_id.insert(
@@ -138,6 +141,7 @@ impl Store {
             Held {
                 fd: Rc::new(fd),
                 limit,
+                expires,
             },
         );
     }
@@ -150,7 +154,9 @@ impl Store {
 
     fn remove(&mut self, id: &[u8]) -> Option<Rc<OwnedFd>> {
         let held = self.by_id.remove(id)?;
-        self.by_limit.remove(&(held.limit, id.into()));
+        if held.expires {
+            self.by_limit.remove(&(held.limit, id.into()));
+        }
         Some(held.fd)
     }
 

@@ -38,7 +38,7 @@ pub struct Tain {
 }
 
 fn leaps(utc: u64) -> u64 {
-    LEAP_SECONDS.iter().take_while(|&&l| utc >= l).count() as u64
+    LEAP_SECONDS.partition_point(|&l| l <= utc) as u64
 }
 
 impl Tain {
@@ -206,6 +206,10 @@ mod tests {
             Tain::from_unix(1795300834 + 5, 0).sec,
             0x4000_0000_6b02_1e0c
         );
+        // Each leap second counts from its own instant on, not a second early.
+        for (i, &l) in LEAP_SECONDS.iter().enumerate() {
+            assert_eq!((leaps(l - 1), leaps(l)), (i as u64, i as u64 + 1));
+        }
         for u in [0, 78796799, 78796800, 1483228800, 1795300834] {
             assert_eq!(Tain::from_unix(u, 0).to_unix(), Some(u));
         }

@@ -125,11 +125,15 @@ impl<F: AsFd> Sender<F> {
                     (&[][..], &m.payload[m.pos - HEADER..])
                 };
                 let bufs = [IoSlice::new(h), IoSlice::new(p)];
-                let r = if m.pos == 0 && !m.fds.is_empty() {
-                    let fds: Vec<BorrowedFd<'_>> = m.fds.iter().map(AsFd::as_fd).collect();
-                    send_some(sock, &bufs, &fds)
-                } else {
-                    send_some(sock, &bufs, &[])
+                let r = match &m.fds[..] {
+                    _ if m.pos > 0 => send_some(sock, &bufs, &[]),
+                    [] => send_some(sock, &bufs, &[]),
+                    // One fd (a retrieve's answer) needs no list built.
+                    [fd] => send_some(sock, &bufs, &[fd.as_fd()]),
+                    fds => {
+                        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                        send_some(sock, &bufs, &fds)
+                    }
                 };
                 match r {
                     Ok(n) => {
