@@ -45,16 +45,32 @@ struct Daemon {
     dir: PathBuf,
 }
 
+/// How a daemon gets its rules.
+#[derive(Clone, Copy, PartialEq)]
+enum Rules {
+    /// `-i rules`: every right, ids matched by the empty regex (all ids).
+    Dir,
+    /// The same rules in a cdb, `-x rules.cdb`.
+    Cdb,
+    /// `-i rules`, but store and retrieve rights by the regex `^bench-`.
+    DirRegex,
+}
+
 impl Daemon {
     /// Starts `prog` on a socket and a rules directory of its own (the
     /// same rules for every daemon: every right for our uid), with
-    /// `-i rules`, or with `-x rules.cdb` if `cdb`.
-    fn start(prog: &str, tag: &str, cdb: bool) -> Daemon {
+    /// `-i rules`, or `-x rules.cdb`, as `how` says.
+    fn start(prog: &str, tag: &str, how: Rules) -> Daemon {
         let dir = std::env::temp_dir().join(format!("fdh-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let rules = rules_dir(&dir);
-        let (flag, rules) = if cdb {
+        let regex = if how == Rules::DirRegex {
+            "^bench-"
+        } else {
+            ""
+        };
+        let rules = rules_dir(&dir, regex);
+        let (flag, rules) = if how == Rules::Cdb {
             let file = dir.join("rules.cdb");
             let made = Command::new(Path::new(OURS).with_file_name("s6-accessrules-cdb-from-fs"))
                 .arg(&file)
@@ -109,8 +125,9 @@ impl Drop for Daemon {
     }
 }
 
-/// Writes the bench's rules directory in `dir` (every right for our uid).
-fn rules_dir(dir: &Path) -> PathBuf {
+/// Writes the bench's rules directory in `dir` (every right for our uid,
+/// ids for store and retrieve matched by `regex`).
+fn rules_dir(dir: &Path, regex: &str) -> PathBuf {
     let d = dir.join("rules");
     let k = d.join(format!("uid/{}", rustix::process::geteuid().as_raw()));
     std::fs::create_dir_all(k.join("env")).unwrap();
@@ -122,7 +139,8 @@ fn rules_dir(dir: &Path) -> PathBuf {
         "S6_FDHOLDER_GETDUMP",
         "S6_FDHOLDER_SETDUMP",
     ] {
-        std::fs::write(k.join("env").join(v), "\n").unwrap();
+        let value = if v.ends_with("_REGEX") { regex } else { "" };
+        std::fs::write(k.join("env").join(v), format!("{value}\n")).unwrap();
     }
     d
 }
@@ -626,8 +644,8 @@ fn main() {
         "workload", "ours", "reference", "ours/ref"
     );
     let mut t = Table { rows: Vec::new() };
-    let ours = Daemon::start(OURS, "ours", false);
-    let reference = Daemon::start(REF, "ref", false);
+    let ours = Daemon::start(OURS, "ours", Rules::Dir);
+    let reference = Daemon::start(REF, "ref", Rules::Dir);
     let fd = devnull();
 
     // Throughput.
@@ -643,23 +661,26 @@ fn main() {
         });
         t.rate(&format!("{kind}, {n} client(s), {how} (ops/s)"), m);
     }
-    // The same conn loads with the rules in a cdb (`-x`): neither daemon
-    // reads files per connection, so this compares the rest of the work.
-    {
-        let ours_cdb = Daemon::start(OURS, "ours-cdb", true);
-        let ref_cdb = Daemon::start(REF, "ref-cdb", true);
+    // Other rules, same loads. In a cdb (`-x`), conn: neither daemon reads
+    // files per connection, so this compares the rest of the work. Store
+    // and retrieve rights by the regex `^bench-`, session: the daemons run
+    // it for each request (the empty regex of the rows above matches all).
+    for (rules, tag, kind, name) in [
+        (Rules::Cdb, "cdb", "conn", "conn -x cdb"),
+        (Rules::DirRegex, "re", "session", "session, ids by regex"),
+    ] {
+        let o = Daemon::start(OURS, &format!("ours-{tag}"), rules);
+        let r = Daemon::start(REF, &format!("ref-{tag}"), rules);
         for (n, place, how) in [(1, Place::Same, "same CPU"), (4, Place::Free, "unpinned")] {
-            let m = alternate(rounds, &ours_cdb, &ref_cdb, |d| {
-                load("conn", d, n, millis, place)
-            });
-            t.rate(&format!("conn -x cdb, {n} client(s), {how} (ops/s)"), m);
+            let m = alternate(rounds, &o, &r, |d| load(kind, d, n, millis, place));
+            t.rate(&format!("{name}, {n} client(s), {how} (ops/s)"), m);
         }
     }
     // The floor for 4 clients: a server with no daemon logic on the same
     // kind of socket, rotated with both daemons (each round runs the three
     // back to back, in a rotating order).
     {
-        let floor_d = Daemon::start(FLOOR, "floor", false);
+        let floor_d = Daemon::start(FLOOR, "floor", Rules::Dir);
         let trio = [&ours, &reference, &floor_d];
         let mut runs: [Vec<f64>; 3] = Default::default();
         let (mut of, mut fr) = (vec![], vec![]);
@@ -759,8 +780,8 @@ fn main() {
     // daemons (ours and the reference, empty and loaded) run in rotating
     // order each round, so that every ratio is between back-to-back runs.
     let held = ids("held", 10000);
-    let ours_full = Daemon::start(OURS, "ours-full", false);
-    let ref_full = Daemon::start(REF, "ref-full", false);
+    let ours_full = Daemon::start(OURS, "ours-full", Rules::Dir);
+    let ref_full = Daemon::start(REF, "ref-full", Rules::Dir);
     setdump(&ours_full, &held, &fd).unwrap();
     setdump(&ref_full, &held, &fd).unwrap();
     let four = [&ours, &ours_full, &reference, &ref_full];
@@ -796,8 +817,8 @@ fn main() {
     drop(reference);
 
     // Memory: fresh daemons, RSS at 0, 1,000 and 10,000 held.
-    let ours = Daemon::start(OURS, "ours-mem", false);
-    let reference = Daemon::start(REF, "ref-mem", false);
+    let ours = Daemon::start(OURS, "ours-mem", Rules::Dir);
+    let reference = Daemon::start(REF, "ref-mem", Rules::Dir);
     let all = ids("mem", 10000);
     let mut prev = 0;
     for n in [0usize, 1000, 10000] {
@@ -837,8 +858,8 @@ fn main() {
 
     // Processes: store + retrieve -D pairs, each implementation's tools
     // against its own daemon.
-    let ours = Daemon::start(OURS, "ours-proc", false);
-    let reference = Daemon::start(REF, "ref-proc", false);
+    let ours = Daemon::start(OURS, "ours-proc", Rules::Dir);
+    let reference = Daemon::start(REF, "ref-proc", Rules::Dir);
     // Alternated pair by pair; totals.
     let (mut po, mut pr) = (Duration::ZERO, Duration::ZERO);
     for i in 0..pairs {
