@@ -26,6 +26,8 @@ const REF: &str = "/usr/bin/s6-fdholderd";
 /// Stands for the bench's own floor server ([`floor_daemon`]) in
 /// [`Daemon::start`].
 const FLOOR: &str = "floor";
+/// Width of the text table's first column.
+const NAME_WIDTH: usize = 54;
 const MAXCONN: &str = "16";
 const MAXFDS: &str = "11000";
 
@@ -526,7 +528,7 @@ struct Table {
 
 impl Table {
     fn row(&mut self, name: &str, ours: String, reference: String, ratio: String) {
-        println!("{name:<44} {ours:>14} {reference:>14} {ratio:>8}");
+        println!("{name:<NAME_WIDTH$} {ours:>14} {reference:>14} {ratio:>8}");
         self.rows.push([name.into(), ours, reference, ratio]);
     }
     fn rate(&mut self, name: &str, (o, r, q): (f64, f64, f64)) {
@@ -640,7 +642,7 @@ fn main() {
     );
     println!("ours: {OURS}\nreference: {REF}\n");
     println!(
-        "{:<44} {:>14} {:>14} {:>8}",
+        "{:<NAME_WIDTH$} {:>14} {:>14} {:>8}",
         "workload", "ours", "reference", "ours/ref"
     );
     let mut t = Table { rows: Vec::new() };
