@@ -1,7 +1,7 @@
 //! Side-by-side benchmark: our `s6-fdholderd` against the reference
 //! (Debian's `s6`, `/usr/bin/s6-fdholderd`), same options, same rules.
 //!
-//! `cargo bench --bench compare` (full, about 2 minutes) or
+//! `cargo bench --bench compare` (full, about 3 minutes) or
 //! `cargo bench --bench compare -- --quick`. See `BENCHMARKS.md`.
 //!
 //! Every load client is built on our client library, for both daemons, so
