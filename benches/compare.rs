@@ -565,22 +565,39 @@ fn alternate<F: FnMut(&Daemon) -> f64>(
     rounds: usize,
     ours: &Daemon,
     reference: &Daemon,
-    mut f: F,
+    f: F,
 ) -> (f64, f64, f64) {
-    let (mut o, mut r, mut q) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..rounds {
-        let (a, b) = if i % 2 == 0 {
-            let a = f(ours);
-            (a, f(reference))
-        } else {
-            let b = f(reference);
-            (f(ours), b)
-        };
-        o.push(a);
-        r.push(b);
-        q.push(a / b);
-    }
-    (median(&mut o), median(&mut r), median(&mut q))
+    let runs = rotate(rounds, [ours, reference], f);
+    (
+        median_of(&runs, |r| r[0]),
+        median_of(&runs, |r| r[1]),
+        median_of(&runs, |r| r[0] / r[1]),
+    )
+}
+
+/// Runs `f` on each of `ds` `rounds` times; each round runs them all back
+/// to back, starting one further along each time. Returns each round's
+/// results, in the order of `ds`.
+fn rotate<const N: usize, F: FnMut(&Daemon) -> f64>(
+    rounds: usize,
+    ds: [&Daemon; N],
+    mut f: F,
+) -> Vec<[f64; N]> {
+    (0..rounds)
+        .map(|i| {
+            let mut r = [0.0; N];
+            for k in 0..N {
+                let j = (i + k) % N;
+                r[j] = f(ds[j]);
+            }
+            r
+        })
+        .collect()
+}
+
+/// The median of `g` over rounds.
+fn median_of<const N: usize>(runs: &[[f64; N]], g: impl Fn(&[f64; N]) -> f64) -> f64 {
+    median(&mut runs.iter().map(g).collect::<Vec<_>>())
 }
 
 /// One store + retrieve -D pair of processes; returns its wall time.
@@ -683,34 +700,17 @@ fn main() {
     // back to back, in a rotating order).
     {
         let floor_d = Daemon::start(FLOOR, "floor", Rules::Dir);
-        let trio = [&ours, &reference, &floor_d];
-        let mut runs: [Vec<f64>; 3] = Default::default();
-        let (mut of, mut fr) = (vec![], vec![]);
-        for i in 0..rounds {
-            let mut r = [0.0; 3];
-            for k in 0..3 {
-                let j = (i + k) % 3;
-                r[j] = load("session", trio[j], 4, millis, Place::Free);
-            }
-            for j in 0..3 {
-                runs[j].push(r[j]);
-            }
-            of.push(r[0] / r[2]);
-            fr.push(r[2] / r[1]);
-        }
-        let [mo, mr, mf] = runs.map(|mut v| median(&mut v));
-        t.row(
+        let runs = rotate(rounds, [&ours, &reference, &floor_d], |d| {
+            load("session", d, 4, millis, Place::Free)
+        });
+        let [mo, mr, mf] = [0, 1, 2].map(|j| median_of(&runs, |r| r[j]));
+        let fr = median_of(&runs, |r| r[2] / r[1]);
+        let of = median_of(&runs, |r| r[0] / r[2]);
+        t.rate(
             "session, 4 clients: floor server vs reference",
-            format!("{mf:.0}"),
-            format!("{mr:.0}"),
-            format!("{:.2}", median(&mut fr)),
+            (mf, mr, fr),
         );
-        t.row(
-            "session, 4 clients: ours vs floor server",
-            format!("{mo:.0}"),
-            format!("{mf:.0}"),
-            format!("{:.2}", median(&mut of)),
-        );
+        t.rate("session, 4 clients: ours vs floor server", (mo, mf, of));
     }
     // The floor, alternated with our single-client session.
     let (mut fl, mut s1, mut q) = (vec![], vec![], vec![]);
@@ -786,25 +786,14 @@ fn main() {
     let ref_full = Daemon::start(REF, "ref-full", Rules::Dir);
     setdump(&ours_full, &held, &fd).unwrap();
     setdump(&ref_full, &held, &fd).unwrap();
-    let four = [&ours, &ours_full, &reference, &ref_full];
-    let mut runs: [Vec<f64>; 4] = Default::default();
-    let mut q: [Vec<f64>; 4] = Default::default();
-    for i in 0..rounds {
-        let mut r = [0.0; 4];
-        for k in 0..4 {
-            let j = (i + k) % 4;
-            r[j] = load("session", four[j], 1, millis, Place::Same);
-        }
-        for j in 0..4 {
-            runs[j].push(r[j]);
-        }
-        q[0].push(r[0] / r[2]); // ours / reference, 0 held
-        q[1].push(r[1] / r[3]); // ours / reference, 10,000 held
-        q[2].push(r[1] / r[0]); // ours: 10,000 held / 0 held
-        q[3].push(r[3] / r[2]); // reference: 10,000 held / 0 held
-    }
-    let [m0, m1, m2, m3] = runs.map(|mut v| median(&mut v));
-    let [q0, q1, q2, q3] = q.map(|mut v| median(&mut v));
+    let runs = rotate(rounds, [&ours, &ours_full, &reference, &ref_full], |d| {
+        load("session", d, 1, millis, Place::Same)
+    });
+    let [m0, m1, m2, m3] = [0, 1, 2, 3].map(|j| median_of(&runs, |r| r[j]));
+    let q0 = median_of(&runs, |r| r[0] / r[2]); // ours / reference, 0 held
+    let q1 = median_of(&runs, |r| r[1] / r[3]); // ours / reference, 10,000 held
+    let q2 = median_of(&runs, |r| r[1] / r[0]); // ours: 10,000 held / 0 held
+    let q3 = median_of(&runs, |r| r[3] / r[2]); // reference: 10,000 held / 0 held
     t.rate("scale: session, 0 held (ops/s)", (m0, m2, q0));
     t.rate("scale: session, 10,000 held (ops/s)", (m1, m3, q1));
     t.row(
