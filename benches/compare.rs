@@ -299,6 +299,28 @@ fn load_on(kind: &str, sock: &Path, n: usize, millis: u64, cpu: Option<usize>) -
     rate
 }
 
+/// A floor server's answer to the session request `op` (store, retrieve,
+/// delete): it keeps the stored fd and sends it back by reference, as the
+/// daemons do (no `dup`), with no check of any kind.
+fn floor_answer(
+    op: Option<u8>,
+    fd: Option<OwnedFd>,
+    held: &mut Option<Rc<OwnedFd>>,
+    tx: &mut Sender<Rc<OwnedFd>>,
+) {
+    match op {
+        Some(b'S') => {
+            *held = fd.map(Rc::new);
+            tx.push(vec![0], vec![]);
+        }
+        Some(b'R') => tx.push(vec![0], vec![held.clone().unwrap()]),
+        _ => {
+            *held = None;
+            tx.push(vec![0], vec![]);
+        }
+    }
+}
+
 /// The physical limit: the session exchange (store, retrieve, delete) over
 /// a socketpair, against a process that answers without any daemon logic.
 fn floor_server() {
@@ -323,18 +345,7 @@ fn floor_server() {
                 }
             }
         };
-        match op {
-            Some(b'S') => {
-                held = fds.pop().map(Rc::new);
-                tx.push(vec![0], vec![]);
-            }
-            // Sent by reference, as the daemons do: no dup.
-            Some(b'R') => tx.push(vec![0], vec![held.clone().unwrap()]),
-            _ => {
-                held = None;
-                tx.push(vec![0], vec![]);
-            }
-        }
+        floor_answer(op, fds.pop(), &mut held, &mut tx);
         assert!(tx.flush(sock.as_fd()).unwrap());
     }
 }
@@ -413,17 +424,7 @@ fn floor_daemon() {
                 Err(e) => panic!("{e}"),
             }
             while let Some((payload, mut fds)) = p.rx.take_message().unwrap() {
-                match payload.first() {
-                    Some(b'S') => {
-                        p.held = fds.pop().map(Rc::new);
-                        p.tx.push(vec![0], vec![]);
-                    }
-                    Some(b'R') => p.tx.push(vec![0], vec![p.held.clone().unwrap()]),
-                    _ => {
-                        p.held = None;
-                        p.tx.push(vec![0], vec![]);
-                    }
-                }
+                floor_answer(payload.first().copied(), fds.pop(), &mut p.held, &mut p.tx);
             }
             assert!(p.tx.flush(p.sock.as_fd()).unwrap());
         }
