@@ -2,7 +2,7 @@
 //! fd count). Same checks as tests/fuzz_short.rs.
 #![no_main]
 
-#[path = "../../tests/fuzzlib/mod.rs"]
+#[path = "../../suite/tests/fuzzlib/mod.rs"]
 mod fuzzlib;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! that no fd leaks across inputs.
 #![no_main]
 
-#[path = "../../tests/fuzzlib/mod.rs"]
+#[path = "../../suite/tests/fuzzlib/mod.rs"]
 mod fuzzlib;
 
 use std::sync::OnceLock;

@@ -1,0 +1,879 @@
+//! The core of `s6-fdholderd`: a single-threaded, event-driven server that
+//! holds descriptors for its clients.
+//!
+//! - [`Store`]: the held fds, by id (hash map) and by expiry (ordered set),
+//!   so that store, lookup and expiry are O(1) or O(log n).
+//! - `Conn`: one client: framing buffers, rights decided at accept time,
+//!   setdump progress, and the `-t` deadline.
+//! - [`run`]: the epoll loop over the listener, a signalfd and the clients,
+//!   waking only for I/O, signals, expiries and deadlines (idle CPU is 0).
+//!
+//! Every malformed request drops only its connection; dropping a connection
+//! closes every descriptor that came with it. Nothing here panics on client
+//! input: requests are parsed by [`fdholder::proto::parse_request`], which
+//! checks every length.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::CStr;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+use rustix::net::SocketFlags;
+
+use fdholder::proto::{self, Request};
+use crate::rules::{CdbRules, Decision, DirRules, Rules};
+use crate::sys::{self, Regex};
+use fdholder::tain::Tain;
+use fdholder::wire::{MAX_FDS, Receiver, Sender};
+
+/// Hard limit on concurrent connections, as the reference.
+pub const MAXCONN_LIMIT: u32 = 256;
+
+/// Descriptors that must stay free, beyond held fds and connections, for
+/// the rules directory cache to stay open: a whole setdump chunk
+/// ([`MAX_FDS`]) arriving at once, the daemon's own descriptors (listener,
+/// stderr, epoll, signalfd), the cache's two and the few a fill opens.
+/// Nearer the limit the cache is closed and every lookup reads the
+/// directory by path, one descriptor at a time, as before: the cache never
+/// takes a descriptor a client needs.
+const RULES_CACHE_FD_HEADROOM: u64 = MAX_FDS as u64 + 16;
+
+/// How much more room it takes to open the cache again: a count hovering
+/// at the threshold must not open and close it at every loop (closing an
+/// inotify instance takes milliseconds).
+const RULES_CACHE_FD_HYSTERESIS: u64 = 64;
+
+/// Where the access rules are.
+#[derive(Debug, Clone)]
+pub enum RulesConfig {
+    /// `-i DIR`: a rules directory, read for every connection.
+    Dir(PathBuf),
+    /// `-x FILE`: a rules cdb, reopened on SIGHUP.
+    Cdb(PathBuf),
+}
+
+/// The daemon's settings (the command-line options of `s6-fdholderd`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `-v`: 0 quiet, 1 warnings (default), 2 also info.
+    pub verbosity: u32,
+    /// `-c`: concurrent connections, already clamped to 1..=256.
+    pub maxconn: u32,
+    /// `-n`: held fds, already clamped.
+    pub maxfds: u32,
+    /// `-t`: drop a client that lets an answer wait this long.
+    pub client_timeout: Option<Duration>,
+    /// `-T`: after SIGTERM, wait at most this long for clients.
+    pub lameduck_timeout: Option<Duration>,
+    /// `-i` or `-x`.
+    pub rules: RulesConfig,
+}
+
+/// Writes the daemon's log lines to stderr.
+#[derive(Debug, Clone, Copy)]
+struct Log {
+    verbosity: u32,
+}
+
+impl Log {
+    fn warn(&self, msg: std::fmt::Arguments<'_>) {
+        if self.verbosity >= 1 {
+            // Never eprintln!: it panics when stderr is gone (EPIPE, as
+            // SIGPIPE is ignored), and a dead logger must not kill us.
+            let _ = writeln!(io::stderr(), "s6-fdholderd: warning: {msg}");
+        }
+    }
+    fn info(&self, msg: std::fmt::Arguments<'_>) {
+        if self.verbosity >= 2 {
+            let _ = writeln!(io::stderr(), "s6-fdholderd: info: {msg}");
+        }
+    }
+}
+
+/// A held descriptor. Shared with outgoing messages, so that a fd being
+/// sent stays open even if another client deletes it meanwhile.
+struct Held {
+    fd: Rc<OwnedFd>,
+    limit: Tain,
+    /// Whether `(limit, id)` is in [`Store::by_limit`].
+    expires: bool,
+}
+
+/// The held descriptors.
+pub struct Store {
+    by_id: HashMap<Box<[u8]>, Held>,
+    /// Finite expiry dates only; "infinite" ones never expire.
+    by_limit: BTreeSet<(Tain, Box<[u8]>)>,
+    max: usize,
+}
+
+impl Store {
+    fn new(max: usize) -> Store {
+        Store {
+            by_id: HashMap::new(),
+            by_limit: BTreeSet::new(),
+            max,
+        }
+    }
+
+    /// Number of fds held.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no fd is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Holds `fd` under `id`, which the caller knows is not held.
+    fn insert(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
+        let expires = limit.is_finite_from(now);
+        if expires {
+            self.by_limit.insert((limit, id.into()));
+        }
+        self.by_id.insert(
+            id.into(),
+            Held {
+                fd: Rc::new(fd),
+                limit,
+                expires,
+            },
+        );
+    }
+
+    /// Holds `fd` under `id`, closing whatever was held there (setdump).
+    fn replace(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
+        self.remove(id);
+        self.insert(id, fd, limit, now);
+    }
+
+    fn remove(&mut self, id: &[u8]) -> Option<Rc<OwnedFd>> {
+        let held = self.by_id.remove(id)?;
+        if held.expires {
+            self.by_limit.remove(&(held.limit, id.into()));
+        }
+        Some(held.fd)
+    }
+
+    /// The earliest finite expiry date.
+    fn next_expiry(&self) -> Option<Tain> {
+        self.by_limit.first().map(|(t, _)| *t)
+    }
+
+    /// Closes and forgets every fd whose limit is not after `now`.
+    fn expire(&mut self, now: Tain, log: Log) {
+        while let Some((t, _)) = self.by_limit.first() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, id)) = self.by_limit.pop_first() {
+                self.by_id.remove(&id);
+                log.info(format_args!("expired id {}", String::from_utf8_lossy(&id)));
+            }
+        }
+    }
+}
+
+/// What a connection may do, decided once at accept time.
+#[derive(Default)]
+struct Rights {
+    store: Option<Rc<Regex>>,
+    retrieve: Option<Rc<Regex>>,
+    list: bool,
+    getdump: bool,
+    setdump: bool,
+}
+
+fn matches(re: &Option<Rc<Regex>>, id: &CStr) -> bool {
+    re.as_ref().is_some_and(|re| re.is_match(id))
+}
+
+/// The per-client state that request handling touches.
+struct ConnState {
+    tx: Sender<Rc<OwnedFd>>,
+    rights: Rights,
+    /// Fds still expected in the current setdump (0: none under way).
+    dumping: u32,
+    /// When to drop this client if its answers are not flushed (`-t`).
+    deadline: Option<Instant>,
+}
+
+/// One client connection.
+struct Conn {
+    sock: OwnedFd,
+    rx: Receiver,
+    st: ConnState,
+    /// The epoll interest currently registered.
+    interest: epoll::EventFlags,
+}
+
+/// A request that breaks the protocol: the connection is dropped.
+struct ProtocolError;
+
+const TOKEN_LISTENER: u64 = u64::MAX;
+const TOKEN_SIGNALS: u64 = u64::MAX - 1;
+
+struct Daemon<'a> {
+    cfg: Config,
+    log: Log,
+    listener: BorrowedFd<'a>,
+    epoll: OwnedFd,
+    signals: OwnedFd,
+    rules: Rules,
+    regex_cache: HashMap<Vec<u8>, Rc<Regex>>,
+    store: Store,
+    conns: Vec<Option<Conn>>,
+    nconns: usize,
+    accepting: bool,
+    accept_backoff: Option<Instant>,
+    lameduck: Option<Option<Instant>>,
+    /// This process's euid and egid, for `uid/self` and `gid/self`: read
+    /// once, they never change while the daemon runs.
+    euid: u32,
+    egid: u32,
+    /// RLIMIT_NOFILE when the daemon started (`None`: unlimited).
+    fd_limit: Option<u64>,
+}
+
+fn err(e: rustix::io::Errno) -> io::Error {
+    e.into()
+}
+
+/// Opens the rules `cfg` names (the cdb is mapped now).
+pub fn open_rules(cfg: &RulesConfig) -> io::Result<Rules> {
+    Ok(match cfg {
+        RulesConfig::Dir(d) => Rules::Dir(Box::new(DirRules::new(d.clone()))),
+        RulesConfig::Cdb(f) => Rules::Cdb(CdbRules::open(f)?),
+    })
+}
+
+/// Runs the daemon on `listener` until SIGTERM and the lame-duck period are
+/// over. Returns the exit code: bit 0 set if fds were still held, bit 1 if
+/// connections were still open. `ready` is called once the daemon is about
+/// to serve (it implements `-1`).
+pub fn run(
+    listener: BorrowedFd<'_>,
+    cfg: Config,
+    rules: Rules,
+    ready: impl FnOnce(),
+) -> io::Result<i32> {
+    sys::ignore_sigpipe()?;
+    let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP])?;
+    let fl = rustix::fs::fcntl_getfl(listener)?;
+    rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(
+        &ep,
+        listener,
+        epoll::EventData::new_u64(TOKEN_LISTENER),
+        epoll::EventFlags::IN,
+    )?;
+    epoll::add(
+        &ep,
+        &signals,
+        epoll::EventData::new_u64(TOKEN_SIGNALS),
+        epoll::EventFlags::IN,
+    )?;
+    let log = Log {
+        verbosity: cfg.verbosity,
+    };
+    let mut d = Daemon {
+        store: Store::new(cfg.maxfds as usize),
+        conns: Vec::new(),
+        nconns: 0,
+        cfg,
+        log,
+        listener,
+        epoll: ep,
+        signals,
+        rules,
+        regex_cache: HashMap::new(),
+        accepting: true,
+        accept_backoff: None,
+        lameduck: None,
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
+        fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+    };
+    // The rules cache's descriptors, if any, are opened now: the daemon's
+    // own descriptors are all open before it says it is ready.
+    d.fit_rules_cache();
+    ready();
+    d.main_loop()
+}
+
+impl Daemon<'_> {
+    fn main_loop(&mut self) -> io::Result<i32> {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+        loop {
+            if let Some(lameduck) = self.lameduck {
+                if !self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .any(|c| !c.st.tx.is_empty() || !c.rx.is_empty())
+                {
+                    break;
+                }
+                if lameduck.is_some_and(|t| t <= Instant::now()) {
+                    break;
+                }
+            }
+            let timeout = self.next_timeout();
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(err(e)),
+            }
+            for ev in events.iter() {
+                match ev.data.u64() {
+                    TOKEN_SIGNALS => self.handle_signals()?,
+                    TOKEN_LISTENER => self.accept_clients(),
+                    t => self.handle_conn(t as usize, ev.flags),
+                }
+            }
+            self.store.expire(Tain::now(), self.log);
+            self.drop_late_clients();
+            self.update_listener();
+            self.fit_rules_cache();
+        }
+        Ok((!self.store.is_empty()) as i32 | ((self.nconns > 0) as i32) << 1)
+    }
+
+    /// How long epoll may sleep: until the next expiry, client deadline,
+    /// accept backoff or lame-duck deadline, whichever comes first.
+    fn next_timeout(&self) -> Option<rustix::event::Timespec> {
+        let now = Instant::now();
+        let mut until: Option<Duration> = self
+            .store
+            .next_expiry()
+            .map(|t| t.duration_since(Tain::now()));
+        let mut consider = |i: Option<Instant>| {
+            if let Some(i) = i {
+                let d = i.saturating_duration_since(now);
+                until = Some(until.map_or(d, |u| u.min(d)));
+            }
+        };
+        // Client deadlines exist only with -t.
+        if self.cfg.client_timeout.is_some() {
+            for c in self.conns.iter().flatten() {
+                consider(c.st.deadline);
+            }
+        }
+        consider(self.accept_backoff);
+        consider(self.lameduck.flatten());
+        until.map(|d| {
+            // Round up to the next millisecond so that a wake-up is never early.
+            let d = d.min(Duration::from_secs(86400)) + Duration::from_nanos(999_999);
+            let d = Duration::from_millis(d.as_millis() as u64);
+            rustix::event::Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            }
+        })
+    }
+
+    fn handle_signals(&mut self) -> io::Result<()> {
+        while let Some(sig) = sys::read_signal(&self.signals)? {
+            match sig as i32 {
+                libc::SIGTERM if self.lameduck.is_none() => {
+                    self.log
+                        .info(format_args!("received SIGTERM, entering lame duck mode"));
+                    self.lameduck = Some(self.cfg.lameduck_timeout.map(|t| Instant::now() + t));
+                    // Idle clients may now be left alone: stop reading them.
+                    for i in 0..self.conns.len() {
+                        self.update_interest(i);
+                    }
+                }
+                libc::SIGHUP => self.reload_rules(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn reload_rules(&mut self) {
+        let RulesConfig::Cdb(path) = &self.cfg.rules else {
+            return;
+        };
+        match CdbRules::open(path) {
+            Ok(c) => {
+                self.rules = Rules::Cdb(c);
+                self.log
+                    .info(format_args!("reloaded rules from {}", path.display()));
+            }
+            Err(e) => self.log.warn(format_args!(
+                "unable to reload rules from {}, keeping the previous ones: {}",
+                path.display(),
+                crate::cli::strerror(&e)
+            )),
+        }
+    }
+
+    /// Registers or unregisters the listener as the state requires: not
+    /// during lame duck, not while full, not during an accept backoff.
+    fn update_listener(&mut self) {
+        if self.accept_backoff.is_some_and(|t| t <= Instant::now()) {
+            self.accept_backoff = None;
+        }
+        let want = self.lameduck.is_none()
+            && self.nconns < self.cfg.maxconn as usize
+            && self.accept_backoff.is_none();
+        if want != self.accepting {
+            let r = if want {
+                epoll::add(
+                    &self.epoll,
+                    self.listener,
+                    epoll::EventData::new_u64(TOKEN_LISTENER),
+                    epoll::EventFlags::IN,
+                )
+            } else {
+                epoll::delete(&self.epoll, self.listener)
+            };
+            if r.is_ok() {
+                self.accepting = want;
+            }
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        while self.accepting && self.lameduck.is_none() && self.nconns < self.cfg.maxconn as usize {
+            match rustix::net::accept_with(
+                self.listener,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
+                Ok(sock) => {
+                    // One per wake-up: the listener is level-triggered, so
+                    // epoll reports it again while more wait, and a lone
+                    // client costs no accept4 that fails with EAGAIN.
+                    self.new_connection(sock);
+                    break;
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::CONNABORTED) => {}
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of
+                    // spinning on a readable listener, and serve the others.
+                    self.log.warn(format_args!(
+                        "unable to accept: {}",
+                        crate::cli::strerror(&err(e))
+                    ));
+                    self.accept_backoff = Some(Instant::now() + Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+        self.update_listener();
+    }
+
+    /// Allows the rules directory cache only while descriptors are
+    /// plentiful (see [`RULES_CACHE_FD_HEADROOM`]); forbidding it closes
+    /// its descriptors at once, allowing it opens them.
+    fn fit_rules_cache(&mut self) {
+        if let Rules::Dir(d) = &mut self.rules {
+            let used = (self.store.len() + self.nconns) as u64;
+            let need = if d.caching() {
+                RULES_CACHE_FD_HEADROOM
+            } else {
+                RULES_CACHE_FD_HEADROOM + RULES_CACHE_FD_HYSTERESIS
+            };
+            d.set_caching(self.fd_limit.is_none_or(|lim| used + need <= lim));
+        }
+    }
+
+    fn new_connection(&mut self, sock: OwnedFd) {
+        let cred = match rustix::net::sockopt::socket_peercred(&sock) {
+            Ok(c) => c,
+            Err(e) => {
+                self.log.warn(format_args!(
+                    "unable to getpeereid: {}",
+                    crate::cli::strerror(&err(e))
+                ));
+                return;
+            }
+        };
+        let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+        let Some(rights) = self.rights_for(uid, gid) else {
+            self.log
+                .info(format_args!("refused connection from uid {uid} gid {gid}"));
+            return;
+        };
+        self.log
+            .info(format_args!("accepted connection from uid {uid} gid {gid}"));
+        let slot = match self.conns.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let interest = epoll::EventFlags::IN;
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &sock,
+            epoll::EventData::new_u64(slot as u64),
+            interest,
+        ) {
+            self.log.warn(format_args!(
+                "unable to register a connection: {}",
+                crate::cli::strerror(&err(e))
+            ));
+            return;
+        }
+        let deadline = self.cfg.client_timeout.map(|t| Instant::now() + t);
+        self.conns[slot] = Some(Conn {
+            sock,
+            rx: Receiver::new(proto::MAX_REQUEST),
+            st: ConnState {
+                tx: Sender::new(),
+                rights,
+                dumping: 0,
+                deadline,
+            },
+            interest,
+        });
+        self.nconns += 1;
+    }
+
+    /// Judges a peer: `None` refuses it (no rule, deny, error, bad regex).
+    fn rights_for(&mut self, uid: u32, gid: u32) -> Option<Rights> {
+        let params = match self.rules.check_uidgid_as(uid, gid, self.euid, self.egid) {
+            Ok(Decision::Allow(p)) => p,
+            Ok(_) => return None,
+            Err(e) => {
+                self.log.warn(format_args!(
+                    "error while checking rules: {}",
+                    crate::cli::strerror(&e)
+                ));
+                return None;
+            }
+        };
+        if !params.exec.is_empty() {
+            self.log.warn(format_args!(
+                "unused exec string in rules for uid {uid} gid {gid}"
+            ));
+        }
+        let mut rights = Rights {
+            list: params.is_set(b"S6_FDHOLDER_LIST"),
+            getdump: params.is_set(b"S6_FDHOLDER_GETDUMP"),
+            setdump: params.is_set(b"S6_FDHOLDER_SETDUMP"),
+            ..Rights::default()
+        };
+        for (var, slot) in [
+            ("S6_FDHOLDER_RETRIEVE_REGEX", &mut rights.retrieve),
+            ("S6_FDHOLDER_STORE_REGEX", &mut rights.store),
+        ] {
+            if let Some(pattern) = params.get(var.as_bytes()) {
+                *slot = Some(self.compile(var, pattern)?);
+            }
+        }
+        Some(rights)
+    }
+
+    /// Compiles a regex, or reuses the one compiled from the same text.
+    /// Keyed by the pattern's text, the cache never serves a stale rule.
+    fn compile(&mut self, var: &str, pattern: &[u8]) -> Option<Rc<Regex>> {
+        if let Some(re) = self.regex_cache.get(pattern) {
+            return Some(re.clone());
+        }
+        match Regex::new(pattern) {
+            Ok(re) => {
+                if self.regex_cache.len() >= 64 {
+                    self.regex_cache.clear();
+                }
+                let re = Rc::new(re);
+                self.regex_cache.insert(pattern.to_vec(), re.clone());
+                Some(re)
+            }
+            Err(msg) => {
+                self.log.warn(format_args!(
+                    "invalid {var} value: {}: {msg}",
+                    String::from_utf8_lossy(pattern)
+                ));
+                None
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, i: usize) {
+        if let Some(c) = self.conns.get_mut(i).and_then(Option::take) {
+            // Dropping `c` closes its socket, the only descriptor of that
+            // open file (never duplicated), which removes it from the epoll
+            // set: no epoll_ctl(DEL) needed.
+            drop(c);
+            self.nconns -= 1;
+        }
+    }
+
+    fn drop_late_clients(&mut self) {
+        if self.cfg.client_timeout.is_none() {
+            return; // no -t: no client has a deadline
+        }
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            if self.conns[i]
+                .as_ref()
+                .is_some_and(|c| c.st.deadline.is_some_and(|d| d <= now))
+            {
+                self.log
+                    .info(format_args!("dropping a client that timed out"));
+                self.drop_conn(i);
+            }
+        }
+    }
+
+    fn handle_conn(&mut self, i: usize, flags: epoll::EventFlags) {
+        let lameduck = self.lameduck.is_some();
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut eof = false;
+        if flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+            && (!lameduck || !c.rx.is_empty())
+        {
+            match c.rx.fill(c.sock.as_fd()) {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_conn(i),
+            }
+        }
+        if service(c, &mut self.store, &self.cfg).is_err() || eof {
+            return self.drop_conn(i);
+        }
+        self.update_interest(i);
+    }
+
+    /// Wants input while answers are flushed (and, in lame duck, only to
+    /// finish a partial request), output while answers wait.
+    fn update_interest(&mut self, i: usize) {
+        let lameduck = self.lameduck.is_some();
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut want = epoll::EventFlags::empty();
+        if c.st.tx.is_empty() {
+            if !lameduck || !c.rx.is_empty() {
+                want |= epoll::EventFlags::IN;
+            }
+        } else {
+            want |= epoll::EventFlags::OUT;
+        }
+        if want != c.interest {
+            // No interest at all must mean out of the set: epoll reports
+            // HUP and ERR whatever the mask, so a lame-duck idle client
+            // that hangs up would wake us at once, again and again.
+            let data = epoll::EventData::new_u64(i as u64);
+            let r = if want.is_empty() {
+                epoll::delete(&self.epoll, &c.sock)
+            } else if c.interest.is_empty() {
+                epoll::add(&self.epoll, &c.sock, data, want)
+            } else {
+                epoll::modify(&self.epoll, &c.sock, data, want)
+            };
+            if r.is_err() {
+                return self.drop_conn(i);
+            }
+            c.interest = want;
+        }
+    }
+}
+
+/// Flushes answers and handles buffered requests while the answers go out
+/// at once; stops when the socket would block or input runs out.
+fn service(c: &mut Conn, store: &mut Store, cfg: &Config) -> Result<(), ProtocolError> {
+    loop {
+        let pending = !c.st.tx.is_empty();
+        match c.st.tx.flush(c.sock.as_fd()) {
+            Ok(true) => {
+                if pending {
+                    c.st.deadline = None;
+                }
+            }
+            Ok(false) => return Ok(()),
+            Err(_) => return Err(ProtocolError),
+        }
+        match c.rx.take_message() {
+            Ok(Some((payload, fds))) => handle_request(&mut c.st, store, cfg, payload, fds)?,
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(ProtocolError),
+        }
+    }
+}
+
+impl ConnState {
+    fn answer(&mut self, payload: Vec<u8>, fds: Vec<Rc<OwnedFd>>, cfg: &Config) {
+        self.tx.push(payload, fds);
+        if self.deadline.is_none() {
+            self.deadline = cfg.client_timeout.map(|t| Instant::now() + t);
+        }
+    }
+
+    fn status(&mut self, errno: i32, cfg: &Config) {
+        self.answer(vec![errno as u8], Vec::new(), cfg);
+    }
+}
+
+/// Handles one request. Refusals are answered with an errno; protocol
+/// errors drop the connection. Fds that came with a refused request are
+/// closed here (dropped).
+fn handle_request(
+    st: &mut ConnState,
+    store: &mut Store,
+    cfg: &Config,
+    payload: &[u8],
+    mut fds: Vec<OwnedFd>,
+) -> Result<(), ProtocolError> {
+    let req = proto::parse_request(payload, fds.len()).ok_or(ProtocolError)?;
+    let setdump_chunk = matches!(req, Request::SetDumpChunk { .. });
+    if (st.dumping > 0) != setdump_chunk {
+        // During a setdump only chunks are allowed, and chunks only then.
+        return Err(ProtocolError);
+    }
+    match req {
+        Request::Store { limit, id } => {
+            let errno = if !matches(&st.rights.store, id) {
+                libc::EPERM
+            } else if store.len() >= store.max {
+                libc::ENFILE
+            } else if store.by_id.contains_key(id.to_bytes()) {
+                libc::EBUSY
+            } else {
+                let fd = fds.pop().ok_or(ProtocolError)?;
+                store.insert(id.to_bytes(), fd, limit, Tain::now());
+                0
+            };
+            st.status(errno, cfg);
+        }
+        Request::Delete { id } => {
+            let errno = if !matches(&st.rights.store, id) {
+                libc::EPERM
+            } else if store.remove(id.to_bytes()).is_none() {
+                libc::ENOENT
+            } else {
+                0
+            };
+            st.status(errno, cfg);
+        }
+        Request::Retrieve { id, delete } => {
+            if !matches(&st.rights.retrieve, id) || (delete && !matches(&st.rights.store, id)) {
+                st.status(libc::EPERM, cfg);
+            } else {
+                let fd = if delete {
+                    store.remove(id.to_bytes())
+                } else {
+                    store.by_id.get(id.to_bytes()).map(|h| h.fd.clone())
+                };
+                match fd {
+                    Some(fd) => st.answer(vec![0], vec![fd], cfg),
+                    None => st.status(libc::ENOENT, cfg),
+                }
+            }
+        }
+        Request::List => {
+            if st.rights.list {
+                let ans = proto::list_answer(store.by_id.keys().map(|k| &k[..]));
+                st.answer(ans, Vec::new(), cfg);
+            } else {
+                st.status(libc::EPERM, cfg);
+            }
+        }
+        Request::GetDump => {
+            if st.rights.getdump {
+                getdump(st, store, cfg);
+            } else {
+                st.status(libc::EPERM, cfg);
+            }
+        }
+        Request::SetDump { total } => {
+            if !st.rights.setdump {
+                st.status(libc::EPERM, cfg);
+            } else if total as usize > store.max || total as usize + store.len() > store.max {
+                st.status(libc::ENFILE, cfg);
+            } else {
+                st.dumping = total;
+                let mut ans = vec![0];
+                ans.extend_from_slice(&(proto::chunks_for(total as usize) as u32).to_be_bytes());
+                st.answer(ans, Vec::new(), cfg);
+            }
+        }
+        Request::SetDumpChunk { entries } => {
+            if entries.len() > st.dumping as usize {
+                return Err(ProtocolError);
+            }
+            if !st.rights.setdump {
+                st.status(libc::EPERM, cfg);
+            } else if store.len() + entries.len() > store.max {
+                st.status(libc::ENFILE, cfg);
+            } else {
+                let now = Tain::now();
+                st.dumping -= entries.len() as u32;
+                for ((limit, id), fd) in entries.into_iter().zip(fds) {
+                    store.replace(id.to_bytes(), fd, limit, now);
+                }
+                st.status(if st.dumping > 0 { libc::EAGAIN } else { 0 }, cfg);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Queues a dump: a header (0, chunks, total), then chunks of up to 253
+/// fds, each entry `limit, idlen, id, NUL`.
+fn getdump(st: &mut ConnState, store: &Store, cfg: &Config) {
+    let total = store.len();
+    let mut head = vec![0];
+    head.extend_from_slice(&(proto::chunks_for(total) as u32).to_be_bytes());
+    head.extend_from_slice(&(total as u32).to_be_bytes());
+    st.answer(head, Vec::new(), cfg);
+    let mut payload = Vec::new();
+    let mut fds = Vec::with_capacity(MAX_FDS.min(total));
+    for (id, held) in store.by_id.iter() {
+        proto::push_entry(&mut payload, held.limit, id);
+        fds.push(held.fd.clone());
+        if fds.len() == MAX_FDS {
+            st.answer(std::mem::take(&mut payload), std::mem::take(&mut fds), cfg);
+        }
+    }
+    if !fds.is_empty() {
+        st.answer(payload, fds, cfg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_expiry_and_replace() {
+        let now = Tain::now();
+        let mut s = Store::new(10);
+        let f = || std::fs::File::open("/dev/null").unwrap().into();
+        s.insert(b"a", f(), now.add_secs(1), now);
+        s.insert(b"b", f(), Tain::infinite_from(now), now);
+        s.insert(b"c", f(), now.add_secs(5), now);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.next_expiry(), Some(now.add_secs(1)));
+        // Replacing an id replaces its expiry too.
+        s.replace(b"a", f(), now.add_secs(10), now);
+        assert_eq!(s.next_expiry(), Some(now.add_secs(5)));
+        s.expire(now.add_secs(6), Log { verbosity: 0 });
+        assert_eq!(s.len(), 2);
+        assert!(s.by_id.contains_key(&b"a"[..]) && s.by_id.contains_key(&b"b"[..]));
+        assert!(s.remove(b"a").is_some());
+        assert_eq!(s.next_expiry(), None);
+        assert!(s.remove(b"a").is_none());
+    }
+}

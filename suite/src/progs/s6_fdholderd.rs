@@ -1,0 +1,104 @@
+//! `s6-fdholderd`: the fd-holding daemon. Its stdin is a bound, listening
+//! Unix stream socket. See `docs/s6-fdholderd.md`.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{EXIT_SYS, EXIT_USAGE, Prog};
+use crate::daemon::{self, Config, MAXCONN_LIMIT, RulesConfig};
+
+const PROG: Prog = Prog {
+    name: "s6-fdholderd",
+    usage: "s6-fdholderd [ -v verbosity ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -t timeout ] [ -T lameducktimeout ] [ -i rulesdir | -x rulesfile ]",
+};
+
+/// The program: parses `std::env::args_os()` and exits or execs.
+pub fn main() {
+    let (opts, _) = PROG.getopt("v:1c:n:i:x:t:T:");
+    let mut cfg = Config {
+        verbosity: 1,
+        maxconn: 16,
+        maxfds: 1000,
+        client_timeout: None,
+        lameduck_timeout: None,
+        rules: RulesConfig::Dir(PathBuf::new()),
+    };
+    let mut rules = None;
+    let mut notify = false;
+    let ms = |v| (v != 0).then(|| Duration::from_millis(u64::from(v)));
+    for (c, v) in opts {
+        match c {
+            'v' => cfg.verbosity = PROG.uint(&v),
+            '1' => notify = true,
+            'c' => cfg.maxconn = PROG.uint(&v),
+            'n' => cfg.maxfds = PROG.uint(&v),
+            't' => cfg.client_timeout = ms(PROG.uint(&v)),
+            'T' => cfg.lameduck_timeout = ms(PROG.uint(&v)),
+            'i' => rules = Some(RulesConfig::Dir(v.into())),
+            'x' => rules = Some(RulesConfig::Cdb(v.into())),
+            _ => PROG.die_usage(),
+        }
+    }
+    cfg.rules = rules.unwrap_or_else(|| PROG.die(EXIT_USAGE, "no access rights specified!"));
+    cfg.maxconn = cfg.maxconn.clamp(1, MAXCONN_LIMIT);
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(cur) = lim.current {
+        if cur < 7 {
+            PROG.die(EXIT_SYS, "open file limit too low");
+        }
+        // The reference lowers -n only when it exceeds the limit itself;
+        // then `-n` within 6 of the limit lets held fds take the last
+        // descriptors and the daemon can accept nobody (not even to delete).
+        // Keeping 6 spare always is what the clamp is for.
+        if u64::from(cfg.maxfds) > cur - 6 {
+            cfg.maxfds = (cur - 6) as u32;
+        }
+    }
+    cfg.maxfds = cfg.maxfds.max(1);
+
+    let stdin = io::stdin();
+    let listener = stdin.as_fd();
+    match rustix::fs::fstat(listener) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
+        Ok(_) => PROG.die(EXIT_USAGE, "stdin is not a socket"),
+        Err(e) => PROG.die_unable(EXIT_SYS, "fstat stdin", &e.into()),
+    }
+    // Without -1, stdout is closed at once; with -1, after the newline.
+    // Nothing in this program writes to stdout otherwise.
+    let stdout = io::stdout();
+    if notify {
+        if let Err(e) = rustix::io::fcntl_getfd(stdout.as_fd()) {
+            PROG.die(
+                EXIT_USAGE,
+                format_args!(
+                    "called with option -1 but stdout said: {}",
+                    crate::cli::strerror(&e.into())
+                ),
+            );
+        }
+    } else {
+        crate::sys::close_stdout();
+    }
+    let ready = || {
+        if notify {
+            let _ = rustix::io::write(stdout.as_fd(), b"\n");
+            crate::sys::close_stdout();
+        }
+    };
+    let rules = daemon::open_rules(&cfg.rules).unwrap_or_else(|e| match &cfg.rules {
+        RulesConfig::Cdb(f) => {
+            PROG.die_unable(EXIT_SYS, format_args!("cdb_init {}", f.display()), &e)
+        }
+        RulesConfig::Dir(_) => PROG.die_unable(EXIT_SYS, "open rules", &e),
+    });
+    match daemon::run(listener, cfg, rules, ready) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => PROG.die(
+            EXIT_SYS,
+            format_args!("unable to run: {}", crate::cli::strerror(&e)),
+        ),
+    }
+}

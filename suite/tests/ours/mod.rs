@@ -1,0 +1,30 @@
+//! Where our programs are: links named after each program, next to the
+//! multicall binary `fdholder` that cargo built for this run, made once by
+//! `fdholder --install` (which replaces links atomically, so concurrent
+//! test processes can all ask).
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+/// The multicall binary cargo built.
+pub fn multicall() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fdholder"))
+}
+
+/// Path of our program `name` (a link to the multicall binary).
+pub fn ours(name: &str) -> PathBuf {
+    static INSTALL: Once = Once::new();
+    let exe = multicall();
+    let dir = exe.parent().unwrap().to_path_buf();
+    INSTALL.call_once(|| {
+        let out = std::process::Command::new(&exe)
+            .arg("--install")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "fdholder --install: {out:?}");
+    });
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not installed", p.display());
+    p
+}
