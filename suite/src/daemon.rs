@@ -97,23 +97,51 @@ impl Log {
 /// A held descriptor. Shared with outgoing messages, so that a fd being
 /// sent stays open even if another client deletes it meanwhile.
 struct Held {
+    id: Box<[u8]>,
     fd: Rc<OwnedFd>,
     limit: Tain,
-    /// Whether `(limit, id)` is in [`Store::by_limit`].
+    /// Whether `(limit, slot)` is in [`Store::by_limit`].
     expires: bool,
 }
 
-/// The held descriptors.
+/// Why the store did not take a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// As many fds as `-n` allows are held (ENFILE).
+    Full,
+    /// The id is held already (EBUSY).
+    Busy,
+}
+
+impl Refusal {
+    fn errno(self) -> i32 {
+        match self {
+            Refusal::Full => libc::ENFILE,
+            Refusal::Busy => libc::EBUSY,
+        }
+    }
+}
+
+/// The held descriptors, in slots numbered as the reference numbers them
+/// (skalibs' `genset`): a new fd takes the slot most recently freed, else
+/// the next never used; list and getdump go through the slots in order.
+/// So the same requests give the same order as the reference's, and the
+/// order never depends on a hash.
 pub struct Store {
-    by_id: HashMap<Box<[u8]>, Held>,
+    slots: Vec<Option<Held>>,
+    /// Freed slots, the last freed on top.
+    free: Vec<u32>,
+    by_id: HashMap<Box<[u8]>, u32>,
     /// Finite expiry dates only; "infinite" ones never expire.
-    by_limit: BTreeSet<(Tain, Box<[u8]>)>,
+    by_limit: BTreeSet<(Tain, u32)>,
     max: usize,
 }
 
 impl Store {
     fn new(max: usize) -> Store {
         Store {
+            slots: Vec::new(),
+            free: Vec::new(),
             by_id: HashMap::new(),
             by_limit: BTreeSet::new(),
             max,
@@ -130,34 +158,87 @@ impl Store {
         self.by_id.is_empty()
     }
 
-    /// Holds `fd` under `id`, which the caller knows is not held.
-    fn insert(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
-        let expires = limit.is_finite_from(now);
-        if expires {
-            self.by_limit.insert((limit, id.into()));
-        }
-        self.by_id.insert(
-            id.into(),
-            Held {
-                fd: Rc::new(fd),
-                limit,
-                expires,
-            },
-        );
+    /// Whether `n` more fds would fit.
+    fn has_room_for(&self, n: usize) -> bool {
+        n <= self.max && self.len() + n <= self.max
     }
 
-    /// Holds `fd` under `id`, closing whatever was held there (setdump).
+    /// The fd held under `id`.
+    fn get(&self, id: &[u8]) -> Option<&Rc<OwnedFd>> {
+        let slot = *self.by_id.get(id)?;
+        self.slots[slot as usize].as_ref().map(|h| &h.fd)
+    }
+
+    /// Every held fd, in slot order.
+    fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.slots.iter().flatten()
+    }
+
+    /// Puts a new entry in a slot; the id index is the caller's to update.
+    fn fill_slot(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) -> u32 {
+        let expires = limit.is_finite_from(now);
+        let held = Held {
+            id: id.into(),
+            fd: Rc::new(fd),
+            limit,
+            expires,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(held);
+                slot
+            }
+            None => {
+                self.slots.push(Some(held));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if expires {
+            self.by_limit.insert((limit, slot));
+        }
+        slot
+    }
+
+    /// Empties a slot and returns what it held.
+    fn free_slot(&mut self, slot: u32) -> Held {
+        let held = self.slots[slot as usize]
+            .take()
+            .expect("the id index names only filled slots");
+        if held.expires {
+            self.by_limit.remove(&(held.limit, slot));
+        }
+        self.free.push(slot);
+        held
+    }
+
+    /// Holds `fd` under `id` (store): refused when the store is full or
+    /// the id is held, as the reference checks, in that order.
+    fn insert(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) -> Result<(), Refusal> {
+        if !self.has_room_for(1) {
+            return Err(Refusal::Full);
+        }
+        if self.by_id.contains_key(id) {
+            return Err(Refusal::Busy);
+        }
+        let slot = self.fill_slot(id, fd, limit, now);
+        self.by_id.insert(id.into(), slot);
+        Ok(())
+    }
+
+    /// Holds `fd` under `id`, closing whatever was held there (setdump):
+    /// the new entry takes its slot before the old one is freed, as in the
+    /// reference. The caller has checked [`Store::has_room_for`] for the
+    /// whole chunk.
     fn replace(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
-        self.remove(id);
-        self.insert(id, fd, limit, now);
+        let slot = self.fill_slot(id, fd, limit, now);
+        if let Some(old) = self.by_id.insert(id.into(), slot) {
+            self.free_slot(old);
+        }
     }
 
     fn remove(&mut self, id: &[u8]) -> Option<Rc<OwnedFd>> {
-        let held = self.by_id.remove(id)?;
-        if held.expires {
-            self.by_limit.remove(&(held.limit, id.into()));
-        }
-        Some(held.fd)
+        let slot = self.by_id.remove(id)?;
+        Some(self.free_slot(slot).fd)
     }
 
     /// The earliest finite expiry date.
@@ -167,14 +248,13 @@ impl Store {
 
     /// Closes and forgets every fd whose limit is not after `now`.
     fn expire(&mut self, now: Tain, log: Log) {
-        while let Some((t, _)) = self.by_limit.first() {
-            if *t > now {
+        while let Some(&(t, slot)) = self.by_limit.first() {
+            if t > now {
                 break;
             }
-            if let Some((_, id)) = self.by_limit.pop_first() {
-                self.by_id.remove(&id);
-                log.info(format_args!("expired id {}", String::from_utf8_lossy(&id)));
-            }
+            let held = self.free_slot(slot);
+            self.by_id.remove(&held.id);
+            log.info(format_args!("expired id {}", String::from_utf8_lossy(&held.id)));
         }
     }
 }
@@ -746,14 +826,12 @@ fn handle_request(
         Request::Store { limit, id } => {
             let errno = if !matches(&st.rights.store, id) {
                 libc::EPERM
-            } else if store.len() >= store.max {
-                libc::ENFILE
-            } else if store.by_id.contains_key(id.to_bytes()) {
-                libc::EBUSY
             } else {
                 let fd = fds.pop().ok_or(ProtocolError)?;
-                store.insert(id.to_bytes(), fd, limit, Tain::now());
-                0
+                match store.insert(id.to_bytes(), fd, limit, Tain::now()) {
+                    Ok(()) => 0,
+                    Err(refusal) => refusal.errno(),
+                }
             };
             st.status(errno, cfg);
         }
@@ -774,7 +852,7 @@ fn handle_request(
                 let fd = if delete {
                     store.remove(id.to_bytes())
                 } else {
-                    store.by_id.get(id.to_bytes()).map(|h| h.fd.clone())
+                    store.get(id.to_bytes()).cloned()
                 };
                 match fd {
                     Some(fd) => st.answer(vec![0], vec![fd], cfg),
@@ -784,7 +862,7 @@ fn handle_request(
         }
         Request::List => {
             if st.rights.list {
-                let ans = proto::list_answer(store.by_id.keys().map(|k| &k[..]));
+                let ans = proto::list_answer(store.iter().map(|h| &h.id[..]).collect::<Vec<_>>().into_iter());
                 st.answer(ans, Vec::new(), cfg);
             } else {
                 st.status(libc::EPERM, cfg);
@@ -800,7 +878,7 @@ fn handle_request(
         Request::SetDump { total } => {
             if !st.rights.setdump {
                 st.status(libc::EPERM, cfg);
-            } else if total as usize > store.max || total as usize + store.len() > store.max {
+            } else if !store.has_room_for(total as usize) {
                 st.status(libc::ENFILE, cfg);
             } else {
                 st.dumping = total;
@@ -815,7 +893,7 @@ fn handle_request(
             }
             if !st.rights.setdump {
                 st.status(libc::EPERM, cfg);
-            } else if store.len() + entries.len() > store.max {
+            } else if !store.has_room_for(entries.len()) {
                 st.status(libc::ENFILE, cfg);
             } else {
                 let now = Tain::now();
@@ -840,8 +918,8 @@ fn getdump(st: &mut ConnState, store: &Store, cfg: &Config) {
     st.answer(head, Vec::new(), cfg);
     let mut payload = Vec::new();
     let mut fds = Vec::with_capacity(MAX_FDS.min(total));
-    for (id, held) in store.by_id.iter() {
-        proto::push_entry(&mut payload, held.limit, id);
+    for held in store.iter() {
+        proto::push_entry(&mut payload, held.limit, &held.id);
         fds.push(held.fd.clone());
         if fds.len() == MAX_FDS {
             st.answer(std::mem::take(&mut payload), std::mem::take(&mut fds), cfg);
@@ -861,9 +939,10 @@ mod tests {
         let now = Tain::now();
         let mut s = Store::new(10);
         let f = || std::fs::File::open("/dev/null").unwrap().into();
-        s.insert(b"a", f(), now.add_secs(1), now);
-        s.insert(b"b", f(), Tain::infinite_from(now), now);
-        s.insert(b"c", f(), now.add_secs(5), now);
+        s.insert(b"a", f(), now.add_secs(1), now).unwrap();
+        s.insert(b"b", f(), Tain::infinite_from(now), now).unwrap();
+        s.insert(b"c", f(), now.add_secs(5), now).unwrap();
+        assert_eq!(s.insert(b"c", f(), now, now), Err(Refusal::Busy));
         assert_eq!(s.len(), 3);
         assert_eq!(s.next_expiry(), Some(now.add_secs(1)));
         // Replacing an id replaces its expiry too.
@@ -875,5 +954,36 @@ mod tests {
         assert!(s.remove(b"a").is_some());
         assert_eq!(s.next_expiry(), None);
         assert!(s.remove(b"a").is_none());
+    }
+
+    fn ids(s: &Store) -> Vec<&[u8]> {
+        s.iter().map(|h| &h.id[..]).collect()
+    }
+
+    #[test]
+    fn slot_order_is_the_references() {
+        let now = Tain::now();
+        let inf = Tain::infinite_from(now);
+        let mut s = Store::new(4);
+        let f = || std::fs::File::open("/dev/null").unwrap().into();
+        for id in [&b"a"[..], b"b", b"c"] {
+            s.insert(id, f(), inf, now).unwrap();
+        }
+        // The freed slot is the next one taken.
+        s.remove(b"a");
+        s.insert(b"d", f(), inf, now).unwrap();
+        assert_eq!(ids(&s), [&b"d"[..], b"b", b"c"]);
+        // Last freed, first taken.
+        s.remove(b"b");
+        s.remove(b"d");
+        s.insert(b"e", f(), inf, now).unwrap();
+        s.insert(b"g", f(), inf, now).unwrap();
+        assert_eq!(ids(&s), [&b"e"[..], b"g", b"c"]);
+        // setdump: the new entry takes a slot, then the old one is freed.
+        s.replace(b"e", f(), inf, now);
+        assert_eq!(ids(&s), [&b"g"[..], b"c", b"e"]);
+        s.insert(b"h", f(), inf, now).unwrap();
+        assert_eq!(ids(&s), [&b"h"[..], b"g", b"c", b"e"]);
+        assert_eq!(s.insert(b"i", f(), inf, now), Err(Refusal::Full));
     }
 }
