@@ -268,15 +268,44 @@ fn mode_option_and_atomic_replacement() {
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
+/// Where the reference in /usr/bin (Debian's s6 2.11.3.2, built with
+/// skalibs 2.13) prints other text than upstream s6 2.15, whose text ours
+/// prints: (program, 2.11's text, 2.15's text).
+///
+/// - skalibs 2.13's `strerr_diefu*x` printed `fatal: : unable to ...` (a
+///   stray `": "`, fixed in skalibs 2.14), for fs-from-cdb's two failures
+///   that carry no errno: an invalid cdb and an invalid record;
+/// - s6 2.11's cdb-from-fs has no `-m mode` option, and its usage line
+///   does not show it; 2.15's does.
+const NEWER_TEXT: &[(&str, &str, &str)] = &[
+    (F2C, "fatal: : unable to ", "fatal: unable to "),
+    (
+        C2F,
+        "usage: s6-accessrules-cdb-from-fs cdbfile dir\n",
+        "usage: s6-accessrules-cdb-from-fs [ -m mode ] cdbfile dir\n",
+    ),
+];
+
+/// The reference's stderr with 2.11's text (see [`NEWER_TEXT`]) replaced
+/// by 2.15's; unchanged once /usr/bin holds a newer s6.
+fn as_2_15(name: &str, stderr: &str) -> String {
+    NEWER_TEXT
+        .iter()
+        .filter(|(prog, ..)| *prog == name)
+        .fold(stderr.to_string(), |s, (_, old, new)| s.replace(old, new))
+}
+
 /// Runs ours and the reference in twin directories prepared by `setup`;
-/// they must agree. Returns ours and the two directories.
+/// they must agree (the reference's stderr read as 2.15 would print it:
+/// see [`NEWER_TEXT`]). Returns ours and the two directories.
 fn same(name: &str, args: &[&str], setup: &dyn Fn(&Path)) -> Option<(Run, TempDir, TempDir)> {
     let refbin = reference(name)?;
     let (d1, d2) = (TempDir::new("ar"), TempDir::new("ar"));
     setup(d1.path());
     setup(d2.path());
     let a = run(&ours(name), args, d1.path(), &[]);
-    let b = run(&refbin, args, d2.path(), &[]);
+    let mut b = run(&refbin, args, d2.path(), &[]);
+    b.stderr = as_2_15(name, &b.stderr);
     assert_eq!(a, b, "{name} {args:?}");
     assert_eq!(
         tree(d1.path()),
@@ -288,7 +317,7 @@ fn same(name: &str, args: &[&str], setup: &dyn Fn(&Path)) -> Option<(Run, TempDi
 
 #[test]
 fn cdb_from_fs_errors_as_the_reference() {
-    let usage = format!("{C2F}: usage: {C2F} cdbfile dir\n");
+    let usage = format!("{C2F}: usage: {C2F} [ -m mode ] cdbfile dir\n");
     let rules = |d: &Path| build_rules(d);
     let fatal = |m: &str| format!("{C2F}: fatal: {m}\n");
     let big_exec = |d: &Path| {
@@ -433,7 +462,7 @@ fn fs_from_cdb_as_the_reference() {
     let fatal = |m: &str| format!("{F2C}: fatal: {m}\n");
     let usage = format!("{F2C}: usage: {F2C} dir cdbfile\n");
     let invalid =
-        fatal(": unable to handle cdb record: x.cdb does not contain valid accessrules data");
+        fatal("unable to handle cdb record: x.cdb does not contain valid accessrules data");
     let rec = |recs: &'static [(&'static [u8], &'static [u8])]| {
         move |d: &Path| make_cdb(&d.join("x.cdb"), recs)
     };
@@ -475,13 +504,13 @@ fn fs_from_cdb_as_the_reference() {
             vec!["out", "x.cdb"],
             &b2,
             111,
-            fatal(": unable to cdb_traverse_next: invalid cdb"),
+            fatal("unable to cdb_traverse_next: invalid cdb"),
         ),
         (
             vec!["out", "x.cdb"],
             &b4,
             111,
-            fatal(": unable to cdb_traverse_next: invalid cdb"),
+            fatal("unable to cdb_traverse_next: invalid cdb"),
         ),
         (vec!["out", "x.cdb"], &zeros, 0, String::new()),
         (
@@ -516,6 +545,65 @@ fn fs_from_cdb_as_the_reference() {
             (Some(code), msg.as_str()),
             "{args:?}"
         );
+    }
+}
+
+/// cdb-from-fs's usage line is 2.15's, `-m mode` included (2.11's lacks
+/// it: see [`NEWER_TEXT`]), for too few operands and for a bad option.
+#[test]
+fn cdb_from_fs_usage_as_2_15() {
+    let d = TempDir::new("ar");
+    build_rules(d.path());
+    let usage = "s6-accessrules-cdb-from-fs: usage: \
+                 s6-accessrules-cdb-from-fs [ -m mode ] cdbfile dir\n";
+    for args in [
+        &[][..],
+        &["x.cdb"],
+        &["-m", "0644", "x.cdb"],
+        &["-z", "x.cdb", "r"],
+    ] {
+        let r = run(&ours(C2F), args, d.path(), &[]);
+        assert_eq!(
+            (r.code, r.stdout.as_str(), r.stderr.as_str()),
+            (Some(100), "", usage),
+            "{args:?}"
+        );
+    }
+    assert!(!d.join("x.cdb").exists());
+}
+
+/// fs-from-cdb's two failures without an errno print 2.15's text,
+/// `fatal: unable to ...` (2.11 prints `fatal: : unable to ...`: see
+/// [`NEWER_TEXT`]), exit 111 and leave no directory behind.
+#[test]
+fn fs_from_cdb_invalid_cdb_messages_as_2_15() {
+    let d = TempDir::new("ar");
+    write(d.join("short.cdb"), b"\xff\xff");
+    make_cdb(&d.join("bad.cdb"), &[(b"uid/5", b"A\0\x09xyz")]);
+    let cases = [
+        (
+            "short.cdb",
+            "s6-accessrules-fs-from-cdb: fatal: unable to cdb_traverse_next: invalid cdb\n",
+        ),
+        (
+            "bad.cdb",
+            "s6-accessrules-fs-from-cdb: fatal: unable to handle cdb record: \
+             bad.cdb does not contain valid accessrules data\n",
+        ),
+    ];
+    for (cdb, msg) in cases {
+        let r = run(&ours(F2C), &["out", cdb], d.path(), &[]);
+        assert_eq!(
+            (r.code, r.stdout.as_str(), r.stderr.as_str()),
+            (Some(111), "", msg),
+            "{cdb}"
+        );
+        assert!(!d.join("out").exists(), "{cdb}: out left behind");
+        // The reference prints 2.11's text or, once newer, this one.
+        if let Some(refbin) = reference(F2C) {
+            let r = run(&refbin, &["out", cdb], d.path(), &[]);
+            assert_eq!((r.code, as_2_15(F2C, &r.stderr).as_str()), (Some(111), msg));
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::rules::{self, Decision, Params};
 
 const PROG: Prog = Prog {
     name: "s6-accessrules-cdb-from-fs",
-    usage: "s6-accessrules-cdb-from-fs cdbfile dir",
+    usage: "s6-accessrules-cdb-from-fs [ -m mode ] cdbfile dir",
 };
 
 /// `a` followed by `b`, as raw bytes.

@@ -25,11 +25,12 @@ impl Out {
         PROG.die_unable(EXIT_SYS, what, e)
     }
 
-    /// Dies as the reference does for both its "x" failures, with the
-    /// stray ": " that skalibs 2.13's `strerr_diefu*x` prints.
+    /// Dies for a failure without an errno, as s6 2.15 does: `fatal:
+    /// unable to <msg>` (skalibs 2.13's `strerr_diefu*x`, which Debian's
+    /// s6 2.11 is built with, printed a stray `": "` before `unable`).
     fn die_x(&self, msg: impl std::fmt::Display) -> ! {
         let _ = std::fs::remove_dir_all(&self.0);
-        PROG.die(EXIT_SYS, format_args!(": unable to {msg}"))
+        PROG.die(EXIT_SYS, format_args!("unable to {msg}"))
     }
 
     /// mkdir, an existing entry being fine, under umask 0.
