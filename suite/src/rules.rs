@@ -6,16 +6,27 @@
 //! this order, the first one present decides: `uid/self` (only if the peer
 //! uid is our euid), `uid/<uid>`, `gid/self` (peer gid is our egid),
 //! `gid/<gid>`, `uid/default`.
+//!
+//! The rules directory's format (what a key's files mean, the environment
+//! directory's rules, the keys a directory holds) is written once, in
+//! `rules/dir.rs`, whose items are re-exported here and serve the lookup by
+//! path, the cache and `s6-accessrules-cdb-from-fs`.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 mod cache;
+mod dir;
 pub use cache::{CacheStats, DirRules, LOCAL_FS};
+pub use dir::{
+    ENV_DIR, EXEC_FILE, Key, KeyFiles, Keys, KeysError, Mark, lookup_dir, read_env_files,
+    read_envdir, read_exec, read_key,
+};
+
+/// Most bytes of a rule's `exec` string: what is read of an `exec` file,
+/// and what a cdb value holds.
+pub const EXEC_MAX: usize = 4096;
 
 /// One variable of a rule's environment: a name and a value, or no value
 /// when the rule unsets it.
@@ -32,7 +43,8 @@ pub struct EnvVar {
 pub struct Params {
     /// Environment modifications, in order.
     pub env: Vec<EnvVar>,
-    /// The `exec` string (fd-holding ignores it), empty if none.
+    /// The `exec` string (fd-holding ignores it), empty if none; at most
+    /// [`EXEC_MAX`] bytes.
     pub exec: Vec<u8>,
 }
 
@@ -222,174 +234,6 @@ pub fn check_uidgid_with(
         }
     }
     Ok(Decision::NotFound)
-}
-
-fn readable(path: &Path) -> io::Result<bool> {
-    match rustix::fs::access(path, rustix::fs::Access::READ_OK) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::ACCESS) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Appends `/c` to a path being built (no slash on an empty path or after
-/// one), as `Path::push` does for a relative component.
-fn push_component(p: &mut Vec<u8>, c: &[u8]) {
-    if !p.is_empty() && p.last() != Some(&b'/') {
-        p.push(b'/');
-    }
-    p.extend_from_slice(c);
-}
-
-fn as_path(p: &[u8]) -> &Path {
-    Path::new(OsStr::from_bytes(p))
-}
-
-/// Looks up `key` in a rules directory: `DIR/key/allow` allows (with
-/// `env/` and `exec`), else `DIR/key/deny` denies, else not found.
-pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
-    // One buffer for every path below DIR/key (append a component, then
-    // truncate back): `join` would allocate, then reallocate, each time.
-    let mut p = Vec::with_capacity(dir.as_os_str().len() + key.len() + 8);
-    push_component(&mut p, dir.as_os_str().as_bytes());
-    push_component(&mut p, key.as_bytes());
-    let base = p.len();
-    let sub = |p: &mut Vec<u8>, name: &str| {
-        push_component(p, name.as_bytes());
-        let r = readable(as_path(p));
-        p.truncate(base);
-        r
-    };
-    if !sub(&mut p, "allow")? {
-        return Ok(if sub(&mut p, "deny")? {
-            Decision::Deny
-        } else {
-            Decision::NotFound
-        });
-    }
-    push_component(&mut p, b"env");
-    let env = match read_envdir(as_path(&p)) {
-        Ok(env) => env,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    p.truncate(base);
-    push_component(&mut p, b"exec");
-    let mut exec = Vec::new();
-    match open_nonblocking(as_path(&p)) {
-        Ok(f) => {
-            f.take(4096).read_to_end(&mut exec)?;
-        }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EACCES)) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(Decision::Allow(Params { env, exec }))
-}
-
-/// Opens a rule file for reading without blocking: a FIFO put in the rules
-/// reads as empty instead of hanging the daemon (the reference hangs).
-fn open_nonblocking(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-}
-
-/// How much of each file an environment directory read looks at, as
-/// skalibs' `envdir` (`MAXVARSIZE`).
-const MAX_VAR_SIZE: u64 = 4095;
-
-/// Reads what [`read_envdir`] needs of a file: its first 4095 bytes, or
-/// fewer as soon as a newline has been read (nothing after the first
-/// newline counts, so the value is the same). A one-line file costs one
-/// `read` instead of the two of `read_to_end` (data, then EOF).
-fn read_first_line(f: impl AsFd) -> io::Result<Vec<u8>> {
-    // Read into spare capacity: no zeroing of the 4095 bytes first.
-    let mut buf = Vec::with_capacity(MAX_VAR_SIZE as usize);
-    while buf.len() < MAX_VAR_SIZE as usize {
-        let before = buf.len();
-        match rustix::io::read(&f, rustix::buffer::spare_capacity(&mut buf)) {
-            Ok(0) => break,
-            Ok(_) => {
-                if buf[before..].contains(&b'\n') {
-                    break;
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // Should the allocator have given more capacity than asked.
-    buf.truncate(MAX_VAR_SIZE as usize);
-    Ok(buf)
-}
-
-/// Reads an environment directory: each file is a variable (names starting
-/// with `.` or containing `=` are skipped); its value is the first line of
-/// the file's first 4095 bytes, trailing spaces, tabs and CRs removed, NULs
-/// turned into newlines; an empty file unsets the variable.
-pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
-    // Names first, so that the directory is closed before files are opened:
-    // the daemon may be one descriptor away from its limit.
-    let names = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<Vec<_>>>()?;
-    let mut env = Vec::with_capacity(names.len());
-    let mut path = Vec::with_capacity(dir.as_os_str().len() + 1 + 256);
-    push_component(&mut path, dir.as_os_str().as_bytes());
-    let base = path.len();
-    for name in &names {
-        if skipped_env_name(name.as_bytes()) {
-            continue;
-        }
-        push_component(&mut path, name.as_bytes());
-        let f = open_nonblocking(as_path(&path));
-        path.truncate(base);
-        let name = name.as_bytes();
-        let f = f.map_err(|e| {
-            // The file vanished between readdir and open: as the reference.
-            if e.kind() == io::ErrorKind::NotFound {
-                io::Error::from_raw_os_error(libc::EIDRM)
-            } else {
-                e
-            }
-        })?;
-        // skalibs reads at most 4095 bytes of each file, then cuts at the
-        // first newline.
-        env.push(EnvVar {
-            name: name.to_vec(),
-            value: env_value(read_first_line(f)?),
-        });
-    }
-    Ok(env)
-}
-
-/// Whether an environment directory read skips the file `name`: hidden
-/// files, and names with `=` (no variable can be called that).
-fn skipped_env_name(name: &[u8]) -> bool {
-    name.first() == Some(&b'.') || name.contains(&b'=')
-}
-
-/// A variable's value from what [`read_first_line`] read of its file: the
-/// first line, trailing spaces, tabs and CRs removed, NULs turned into
-/// newlines; `None` (unset) for an empty file.
-fn env_value(mut line: Vec<u8>) -> Option<Vec<u8>> {
-    if line.is_empty() {
-        return None;
-    }
-    if let Some(i) = line.iter().position(|&c| c == b'\n') {
-        line.truncate(i);
-    }
-    while matches!(line.last(), Some(b' ' | b'\t' | b'\r')) {
-        line.pop();
-    }
-    for c in line.iter_mut() {
-        if *c == 0 {
-            *c = b'\n';
-        }
-    }
-    Some(line)
 }
 
 /// Encodes an environment as the cdb stores it: `VAR=value\0` or `VAR\0`.
@@ -611,40 +455,5 @@ mod tests {
         // Cut short: the tables point past the end, an error.
         assert!(cdb_find(&c.0[..2100], b"uid/7").is_err());
         std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn envdir_semantics() {
-        let d = std::env::temp_dir().join(format!("fdholder-envdir-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        let w = |n: &str, c: &[u8]| std::fs::write(d.join(n), c).unwrap();
-        w("EMPTY", b"");
-        w("NL", b"\n");
-        w("TRIM", b"^foo$ \t\r\nsecond line");
-        w("NONL", b"abc");
-        w("NUL", b"a\0b\n");
-        let mut long = vec![b'x'; 5000];
-        long[4094] = b' ';
-        w("LONG", &long);
-        w(".hidden", b"x");
-        let mut env = read_envdir(&d).unwrap();
-        env.sort_by(|a, b| a.name.cmp(&b.name));
-        let got: Vec<(String, Option<Vec<u8>>)> = env
-            .into_iter()
-            .map(|v| (String::from_utf8(v.name).unwrap(), v.value))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("EMPTY".into(), None),
-                ("LONG".into(), Some(vec![b'x'; 4094])),
-                ("NL".into(), Some(vec![])),
-                ("NONL".into(), Some(b"abc".to_vec())),
-                ("NUL".into(), Some(b"a\nb".to_vec())),
-                ("TRIM".into(), Some(b"^foo$".to_vec())),
-            ]
-        );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Run, TempDir, is_root, reference, run};
+use common::{Run, TempDir, is_root, ours, reference, run};
 use fdholder_suite::rules::{self, Decision};
 
 const C2F: &str = "s6-accessrules-cdb-from-fs";
@@ -19,9 +19,6 @@ const F2C: &str = "s6-accessrules-fs-from-cdb";
 
 /// A case: arguments, how to prepare the directory, exit code, stderr.
 type Case<'a> = (Vec<&'a str>, &'a dyn Fn(&Path), i32, String);
-
-mod ours;
-use ours::ours;
 
 fn write(p: impl AsRef<Path>, content: &[u8]) {
     let p = p.as_ref();

@@ -6,12 +6,12 @@ use std::collections::hash_map::RandomState;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::hash::BuildHasher;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 use crate::cli::{self, EXIT_SYS, EXIT_USAGE, Prog, strerror};
-use crate::rules::{self, Decision, Params};
+use crate::rules::{self, EXEC_MAX, EnvVar, KeyFiles, Keys, KeysError, Mark};
 
 const PROG: Prog = Prog {
     name: "s6-accessrules-cdb-from-fs",
@@ -67,47 +67,91 @@ fn mkstemp(cdbfile: &OsStr) -> (Tmp, File) {
     }
 }
 
-/// The decision for the rule directory `base` (`dir/class/name`), as the
-/// reference reads it: `allow` or `deny` must merely exist (F_OK); `env/`
-/// is an envdir; `exec` is read up to 4096 bytes.
-fn rule(tmp: &Tmp, base: &OsStr) -> Decision {
-    let exists = |p: &OsStr| match rustix::fs::access(p, rustix::fs::Access::EXISTS) {
-        Ok(()) => true,
-        Err(rustix::io::Errno::NOENT | rustix::io::Errno::ACCESS) => false,
-        Err(e) => tmp.die(EXIT_SYS, format_args!("access {}", show(p)), &e.into()),
-    };
-    if !exists(&cat(base, "/allow")) {
-        return if exists(&cat(base, "/deny")) {
-            Decision::Deny
-        } else {
-            Decision::NotFound
-        };
-    }
-    let envdir = cat(base, "/env");
-    let env = match rules::read_envdir(envdir.as_ref()) {
-        Ok(env) => env,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Vec::new(),
-        Err(e) => tmp.die(EXIT_SYS, format_args!("envdir {}", show(&envdir)), &e),
-    };
-    if rules::encode_env(&env).len() > 4096 {
-        // The reference prints errno here, which is 0.
-        let _ = std::fs::remove_file(&tmp.0);
-        let ok = strerror(&io::Error::from_raw_os_error(0));
-        PROG.die(EXIT_USAGE, format_args!("{} too big: {ok}", show(&envdir)));
-    }
-    let execfile = cat(base, "/exec");
-    let mut exec = Vec::new();
-    match File::open(&execfile).and_then(|f| f.take(4096).read_to_end(&mut exec)) {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-            let what = format!("openreadnclose {}", show(&execfile));
-            tmp.die(EXIT_SYS, what, &e)
+/// A key's files (`dir/class/name/...`) as the reference's cdb-from-fs
+/// reads them: `allow` and `deny` must merely exist (`F_OK`); `env/` is an
+/// envdir whose encoding must fit in a value; `exec` is read up to 4096
+/// bytes (blocking, as the reference), a warning if that may have cut it.
+/// Every error but a missing file (and, for `access`, `EACCES`) is fatal.
+struct KeyDir<'a>(&'a OsStr);
+
+/// Why a key could not be compiled; each names the file.
+enum KeyError {
+    /// `access` failed on `allow` or `deny`.
+    Access(OsString, io::Error),
+    /// `env/` could not be read.
+    Envdir(OsString, io::Error),
+    /// `env/` holds more than a value can.
+    TooBig(OsString),
+    /// `exec` could not be read.
+    Exec(OsString, io::Error),
+}
+
+impl KeyError {
+    /// Removes the temporary file and dies with the reference's message.
+    fn die(self, tmp: &Tmp) -> ! {
+        match self {
+            KeyError::Access(p, e) => tmp.die(EXIT_SYS, format_args!("access {}", show(&p)), &e),
+            KeyError::Envdir(p, e) => tmp.die(EXIT_SYS, format_args!("envdir {}", show(&p)), &e),
+            KeyError::TooBig(p) => {
+                // The reference prints errno here, which is 0.
+                let _ = std::fs::remove_file(&tmp.0);
+                let ok = strerror(&io::Error::from_raw_os_error(0));
+                PROG.die(EXIT_USAGE, format_args!("{} too big: {ok}", show(&p)))
+            }
+            KeyError::Exec(p, e) => {
+                let what = format!("openreadnclose {}", show(&p));
+                tmp.die(EXIT_SYS, what, &e)
+            }
         }
-        _ => {}
     }
-    if exec.len() == 4096 {
-        PROG.warn(format_args!("possibly truncated file {}", show(&execfile)));
+}
+
+impl KeyFiles for KeyDir<'_> {
+    type Error = KeyError;
+
+    fn present(&mut self, mark: Mark) -> Result<bool, KeyError> {
+        let p = cat(self.0, format!("/{}", mark.file_name()));
+        match rustix::fs::access(&p, rustix::fs::Access::EXISTS) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::ACCESS) => Ok(false),
+            Err(e) => Err(KeyError::Access(p, e.into())),
+        }
     }
-    Decision::Allow(Params { env, exec })
+
+    fn env(&mut self) -> Result<Vec<EnvVar>, KeyError> {
+        let envdir = cat(self.0, format!("/{}", rules::ENV_DIR));
+        let env = match rules::read_envdir(envdir.as_ref()) {
+            Ok(env) => env,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(KeyError::Envdir(envdir, e)),
+        };
+        if rules::encode_env(&env).len() > 4096 {
+            return Err(KeyError::TooBig(envdir));
+        }
+        Ok(env)
+    }
+
+    fn exec(&mut self) -> Result<Vec<u8>, KeyError> {
+        let execfile = cat(self.0, format!("/{}", rules::EXEC_FILE));
+        let exec = match File::open(&execfile).and_then(rules::read_exec) {
+            Ok(exec) => exec,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(KeyError::Exec(execfile, e)),
+        };
+        if exec.len() == EXEC_MAX {
+            PROG.warn(format_args!("possibly truncated file {}", show(&execfile)));
+        }
+        Ok(exec)
+    }
+}
+
+/// Removes the temporary file and dies for a directory of the rules that
+/// could not be listed.
+fn keys_die(tmp: &Tmp, e: KeysError) -> ! {
+    match e {
+        KeysError::Open(p, e) => tmp.die(EXIT_SYS, format_args!("opendir {}", show(&p)), &e),
+        KeysError::Read(p, e) => tmp.die(EXIT_SYS, format_args!("readdir {}", show(&p)), &e),
+    }
 }
 
 /// The program: parses `std::env::args_os()` and exits or execs.
@@ -133,38 +177,18 @@ pub fn main() {
     let maker = file.try_clone().and_then(cdb2::CDBMake::new);
     let mut maker = maker.unwrap_or_else(|e| tmp.die(EXIT_SYS, "cdbmake_start", &e));
 
-    // Every dir/<class>/<name>, in directory order, dot-names skipped.
-    let top = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| tmp.die(EXIT_SYS, format_args!("opendir {}", show(dir)), &e));
-    let prefix = cat(dir, "/");
-    for class in top {
-        let class =
-            class.unwrap_or_else(|e| tmp.die(EXIT_SYS, format_args!("readdir {}", show(dir)), &e));
-        let cname = class.file_name();
-        if cname.as_bytes().starts_with(b".") {
-            continue;
-        }
-        let cpath = cat(&prefix, &cname);
-        let sub = std::fs::read_dir(&cpath)
-            .unwrap_or_else(|e| tmp.die(EXIT_SYS, format_args!("opendir {}", show(&cpath)), &e));
-        for entry in sub {
-            let entry = entry.unwrap_or_else(|e| {
-                tmp.die(EXIT_SYS, format_args!("readdir {}", show(&cpath)), &e)
-            });
-            let ename = entry.file_name();
-            if ename.as_bytes().starts_with(b".") {
-                continue;
-            }
-            let key = cat(cat(&cname, "/").as_os_str(), &ename);
-            let value = match rules::encode_value(&rule(&tmp, &cat(&prefix, &key))) {
-                Ok(Some(v)) => v,
-                Ok(None) => continue,
-                Err(e) => tmp.die(EXIT_SYS, "cdbmake_add", &e),
-            };
-            maker
-                .add(key.as_bytes(), &value)
-                .unwrap_or_else(|e| tmp.die(EXIT_SYS, "cdbmake_add", &e));
-        }
+    let keys = Keys::new(dir).unwrap_or_else(|e| keys_die(&tmp, e));
+    for key in keys {
+        let key = key.unwrap_or_else(|e| keys_die(&tmp, e));
+        let rule = rules::read_key(&mut KeyDir(&key.path)).unwrap_or_else(|e| e.die(&tmp));
+        let value = match rules::encode_value(&rule) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => tmp.die(EXIT_SYS, "cdbmake_add", &e),
+        };
+        maker
+            .add(key.name.as_bytes(), &value)
+            .unwrap_or_else(|e| tmp.die(EXIT_SYS, "cdbmake_add", &e));
     }
 
     maker

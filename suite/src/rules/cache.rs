@@ -6,10 +6,10 @@
 //! # Why a kept decision is never stale
 //!
 //! Filling the cache for a key reads exactly what [`super::lookup_dir`]
-//! reads, but relative to descriptors (`openat`), and puts an inotify watch
-//! on every inode it consults *before* reading it: the rules directory, each
-//! directory down to the key, `allow`, `deny`, `env/`, every file in `env/`,
-//! `exec`. Watches are on inodes, so a change reaches us whatever path it is
+//! reads, by the same rule ([`super::read_key`]), but relative to
+//! descriptors (`openat`), and puts an inotify watch on every inode it
+//! consults *before* reading it: the rules directory, each directory down
+//! to the key, `allow`, `deny`, `env/`, every file in `env/`, `exec`. Watches are on inodes, so a change reaches us whatever path it is
 //! made through (hard links, bind mounts). Every connection then checks, after
 //! `accept` and so after every edit that happened before the client
 //! connected:
@@ -57,9 +57,11 @@
 //! edits rule files that way.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::ffi::OsStr;
+use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -69,7 +71,10 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::{Decision, EnvVar, Params, check_uidgid_with, env_value, lookup_dir};
+use super::{
+    Decision, ENV_DIR, EXEC_FILE, EnvVar, KeyFiles, Mark, check_uidgid_with, lookup_dir,
+    read_env_files, read_exec, read_key,
+};
 
 /// Filesystems on which every change goes through this kernel, so that
 /// inotify reports it: ext2/3/4, xfs, btrfs, tmpfs, ramfs, f2fs, jfs, bcachefs.
@@ -174,9 +179,23 @@ fn identity(dir: BorrowedFd<'_>, path: &Path, flags: AtFlags) -> Option<Identity
 const PATH_MAX: usize = 4096;
 const NAME_MAX: usize = 255;
 
-/// What a lookup through watched descriptors found: `None` means "not
-/// cacheable, look it up by path".
-type Fill = Option<Decision>;
+/// Why a key is not cached but looked up by path: something the cache
+/// cannot watch or does not expect (a symlink, a file where a directory
+/// belongs, a filesystem not in [`LOCAL_FS`], an error...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Uncacheable;
+
+impl From<io::Error> for Uncacheable {
+    fn from(_: io::Error) -> Uncacheable {
+        Uncacheable
+    }
+}
+
+impl From<Errno> for Uncacheable {
+    fn from(_: Errno) -> Uncacheable {
+        Uncacheable
+    }
+}
 
 impl DirRules {
     /// A rules directory, caching allowed; nothing is opened yet.
@@ -342,7 +361,7 @@ impl DirRules {
         // the lookup by path then opens (an event), and if that happens at
         // every connection, the churn rule makes the cache step aside.
         self.gen_fills += 1;
-        let Some(d) = w.fill(&self.path, key) else {
+        let Ok(d) = w.fill(&self.path, key) else {
             self.stats.uncached += 1;
             return lookup_dir(&self.path, key);
         };
@@ -382,7 +401,7 @@ fn watch_flags(dir: bool) -> inotify::WatchFlags {
 /// Opens a rule file to read it, as `lookup_dir` does (non-blocking: a
 /// FIFO reads as empty), but never through a symlink (`ELOOP`: the key is
 /// then read by path).
-fn open_rule_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
+fn open_rule_file(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
     rfs::openat(
         dir,
         name,
@@ -456,27 +475,31 @@ impl Watch {
     }
 
     /// Watches the inode `fd` refers to, if its filesystem reports every
-    /// change. `None`: not cacheable.
-    fn watch(&mut self, fd: BorrowedFd<'_>, dir: bool) -> Option<()> {
-        let fs = rfs::fstatfs(fd).ok()?;
+    /// change.
+    fn watch(&mut self, fd: BorrowedFd<'_>, dir: bool) -> Result<(), Uncacheable> {
+        let fs = rfs::fstatfs(fd)?;
         if !is_local(fs.f_type) {
-            return None;
+            return Err(Uncacheable);
         }
         // The kernel's name for exactly this open inode: a watch added by
         // the file's own path could land on another inode if the path
         // changed meanwhile.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let wd = inotify::add_watch(&self.inotify, path, watch_flags(dir)).ok()?;
+        let wd = inotify::add_watch(&self.inotify, path, watch_flags(dir))?;
         if !self.wds.contains(&wd) {
             self.wds.push(wd);
         }
-        Some(())
+        Ok(())
     }
 
     /// Opens `name` in `dir` without following a symlink, and watches it.
     /// `Ok(None)`: it does not exist (the watched `dir` reports its
-    /// creation). `Err(())`: not cacheable (a symlink, an error, ...).
-    fn node(&mut self, dir: BorrowedFd<'_>, name: &str) -> Result<Option<(OwnedFd, FileType)>, ()> {
+    /// creation). A symlink is not cacheable.
+    fn node(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<Option<(OwnedFd, FileType)>, Uncacheable> {
         let fd = match rfs::openat(
             dir,
             name,
@@ -485,129 +508,125 @@ impl Watch {
         ) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
-            Err(_) => return Err(()),
+            Err(_) => return Err(Uncacheable),
         };
-        let ty = FileType::from_raw_mode(rfs::fstat(&fd).map_err(|_| ())?.st_mode);
+        let ty = FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode);
         if ty == FileType::Symlink {
-            return Err(());
+            return Err(Uncacheable);
         }
-        self.watch(fd.as_fd(), ty == FileType::Directory)
-            .ok_or(())?;
+        self.watch(fd.as_fd(), ty == FileType::Directory)?;
         Ok(Some((fd, ty)))
     }
 
     /// Whether `dir/name` exists and is readable, as `access(R_OK)`, with
     /// the inode watched first (its mode or owner may change).
-    fn readable(&mut self, dir: BorrowedFd<'_>, name: &str) -> Option<bool> {
-        match self.node(dir, name) {
-            Ok(None) => return Some(false),
-            Ok(Some(_)) => {}
-            Err(()) => return None,
+    fn readable(&mut self, dir: BorrowedFd<'_>, name: &str) -> Result<bool, Uncacheable> {
+        // The descriptor `node` opens is closed at once (the condition's
+        // temporary), before `accessat`.
+        if self.node(dir, name)?.is_none() {
+            return Ok(false);
         }
         match rfs::accessat(dir, name, Access::READ_OK, AtFlags::empty()) {
-            Ok(()) => Some(true),
-            Err(Errno::NOENT) | Err(Errno::ACCESS) => Some(false),
-            Err(_) => None,
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) | Err(Errno::ACCESS) => Ok(false),
+            Err(_) => Err(Uncacheable),
         }
     }
 
     /// Reads `key` below `path` as [`lookup_dir`] does, watching every
-    /// inode before reading it. `None`: not cacheable.
-    fn fill(&mut self, path: &Path, key: &str) -> Fill {
+    /// inode before reading it.
+    fn fill(&mut self, path: &Path, key: &str) -> Result<Decision, Uncacheable> {
         let root = rfs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .ok()?;
+        )?;
         // Paths as long as lookup_dir's fail there (ENAMETOOLONG) while
         // relative ones would not: those are read by path.
         if path.as_os_str().len() + key.len() + 2 * NAME_MAX >= PATH_MAX {
-            return None;
+            return Err(Uncacheable);
         }
         let here = identity(root.as_fd(), Path::new(""), AtFlags::EMPTY_PATH);
         if here.is_none() || here != self.root {
-            return None; // replaced since the check: read it by path
+            return Err(Uncacheable); // replaced since the check: read it by path
         }
         self.watch(root.as_fd(), true)?;
         let mut dir = root;
         for component in key.split('/') {
-            match self.node(dir.as_fd(), component).ok()? {
-                None => return Some(Decision::NotFound),
+            match self.node(dir.as_fd(), component)? {
+                None => return Ok(Decision::NotFound),
                 Some((fd, FileType::Directory)) => dir = fd,
-                Some(_) => return None,
+                Some(_) => return Err(Uncacheable),
             }
         }
-        if !self.readable(dir.as_fd(), "allow")? {
-            return Some(if self.readable(dir.as_fd(), "deny")? {
-                Decision::Deny
-            } else {
-                Decision::NotFound
-            });
-        }
-        let env = self.read_env(dir.as_fd())?;
-        let exec = self.read_exec(dir.as_fd())?;
-        Some(Decision::Allow(Params { env, exec }))
+        read_key(&mut WatchedKey { watch: self, dir })
     }
 
     /// The key's `env/`, as [`super::read_envdir`] reads it.
-    fn read_env(&mut self, key: BorrowedFd<'_>) -> Option<Vec<EnvVar>> {
+    fn read_env(&mut self, key: BorrowedFd<'_>) -> Result<Vec<EnvVar>, Uncacheable> {
         let dir = match rfs::openat(
             key,
-            "env",
+            ENV_DIR,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(Errno::NOENT) => return Some(Vec::new()),
-            Err(_) => return None,
+            Err(Errno::NOENT) => return Ok(Vec::new()),
+            Err(_) => return Err(Uncacheable),
         };
         self.watch(dir.as_fd(), true)?;
         let mut names = Vec::new();
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         let mut entries = RawDir::new(&dir, &mut buf);
         while let Some(e) = entries.next() {
-            let e = e.ok()?;
-            let name = e.file_name();
-            let b = name.to_bytes();
-            if b != b"." && b != b".." && !super::skipped_env_name(b) {
-                names.push(name.to_owned());
-            }
+            names.push(e?.file_name().to_bytes().to_vec());
         }
-        let mut env = Vec::with_capacity(names.len());
-        for name in names {
-            let f = open_rule_file(dir.as_fd(), name.as_c_str()).ok()?;
+        read_env_files(names, |name| {
+            let f = open_rule_file(dir.as_fd(), OsStr::from_bytes(name))?;
             self.watch(f.as_fd(), false)?;
-            let value = env_value(super::read_first_line(&f).ok()?);
-            env.push(EnvVar {
-                name: name.into_bytes(),
-                value,
-            });
-        }
-        Some(env)
+            Ok(f)
+        })
     }
 
     /// The key's `exec` (up to 4096 bytes), empty if absent or unreadable.
     /// Opened before it is watched, as the env files: our own open must not
     /// count as an `IN_OPEN` event.
-    fn read_exec(&mut self, key: BorrowedFd<'_>) -> Option<Vec<u8>> {
-        let f = match open_rule_file(key, c"exec") {
+    fn read_exec(&mut self, key: BorrowedFd<'_>) -> Result<Vec<u8>, Uncacheable> {
+        let f = match open_rule_file(key, EXEC_FILE.as_ref()) {
             Ok(f) => f,
-            Err(Errno::NOENT) => return Some(Vec::new()),
+            Err(Errno::NOENT) => return Ok(Vec::new()),
             // Unreadable: nothing, but watched (a chmod makes it readable).
             Err(Errno::ACCESS) => {
-                self.node(key, "exec").ok()?;
-                return Some(Vec::new());
+                self.node(key, EXEC_FILE)?;
+                return Ok(Vec::new());
             }
-            Err(_) => return None,
+            Err(_) => return Err(Uncacheable),
         };
         self.watch(f.as_fd(), false)?;
-        let mut exec = Vec::new();
-        std::fs::File::from(f)
-            .take(4096)
-            .read_to_end(&mut exec)
-            .ok()?;
-        Some(exec)
+        Ok(read_exec(f.into())?)
+    }
+}
+
+/// A key's files through the descriptor of its directory, each inode
+/// watched before it is read: how a fill reads a key.
+struct WatchedKey<'a> {
+    watch: &'a mut Watch,
+    dir: OwnedFd,
+}
+
+impl KeyFiles for WatchedKey<'_> {
+    type Error = Uncacheable;
+
+    fn present(&mut self, mark: Mark) -> Result<bool, Uncacheable> {
+        self.watch.readable(self.dir.as_fd(), mark.file_name())
+    }
+
+    fn env(&mut self) -> Result<Vec<EnvVar>, Uncacheable> {
+        self.watch.read_env(self.dir.as_fd())
+    }
+
+    fn exec(&mut self) -> Result<Vec<u8>, Uncacheable> {
+        self.watch.read_exec(self.dir.as_fd())
     }
 }
 
