@@ -7,16 +7,19 @@
 //! uid is our euid), `uid/<uid>`, `gid/self` (peer gid is our egid),
 //! `gid/<gid>`, `uid/default`.
 //!
-//! The rules directory's format (what a key's files mean, the environment
-//! directory's rules, the keys a directory holds) is written once, in
+//! Each format is written once: the rules directory's (what a key's files
+//! mean, the environment directory's rules, the keys a directory holds) in
 //! `rules/dir.rs`, whose items are re-exported here and serve the lookup by
-//! path, the cache and `s6-accessrules-cdb-from-fs`.
+//! path, the cache and `s6-accessrules-cdb-from-fs`; the cdb's (the file's
+//! structure, a record's value) in [`cdb`], which serves the daemon's
+//! `-x`, `s6-accessrules-cdb-from-fs` and `s6-accessrules-fs-from-cdb`.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
 mod cache;
+pub mod cdb;
 mod dir;
 pub use cache::{CacheStats, DirRules, LOCAL_FS};
 pub use dir::{
@@ -99,8 +102,8 @@ impl CdbRules {
     pub fn open(path: impl AsRef<Path>) -> io::Result<CdbRules> {
         let mut f = File::open(path)?;
         let len = f.metadata()?.len();
-        if !(2048..=u64::from(u32::MAX)).contains(&len) {
-            return Err(bad_cdb());
+        if !(cdb::HEADER_LEN as u64..=u64::from(u32::MAX)).contains(&len) {
+            return Err(cdb::BadCdb.into());
         }
         let mut data = Vec::new();
         // An error, not an abort, if memory is short (e.g. on SIGHUP).
@@ -112,69 +115,11 @@ impl CdbRules {
 
     /// Looks up one key.
     pub fn lookup(&self, key: &str) -> io::Result<Decision> {
-        match cdb_find(&self.0, key.as_bytes())? {
+        match cdb::Cdb::new(&self.0).find(key.as_bytes())? {
             None => Ok(Decision::NotFound),
-            Some(v) => decode_value(v),
+            Some(v) => cdb::decode_value(v),
         }
     }
-}
-
-fn bad_cdb() -> io::Error {
-    io::Error::other("Invalid file format")
-}
-
-/// `data[start..start + len]`, or a bad-file error if out of bounds.
-fn cdb_slice(data: &[u8], start: usize, len: usize) -> io::Result<&[u8]> {
-    start
-        .checked_add(len)
-        .and_then(|end| data.get(start..end))
-        .ok_or_else(bad_cdb)
-}
-
-fn cdb_u32(data: &[u8], pos: usize) -> io::Result<usize> {
-    let b = <[u8; 4]>::try_from(cdb_slice(data, pos, 4)?).map_err(|_| bad_cdb())?;
-    Ok(u32::from_le_bytes(b) as usize)
-}
-
-/// Finds the first record for `key` in a cdb, bounds-checking every
-/// offset and length against the file before using it: a corrupt length
-/// is an error, never an allocation of the size it claims (cdb2's reader
-/// allocates a record's claimed length before checking it, which aborted
-/// the daemon on a corrupt file).
-fn cdb_find<'a>(data: &'a [u8], key: &[u8]) -> io::Result<Option<&'a [u8]>> {
-    let h = key
-        .iter()
-        .fold(5381u32, |h, &c| (h << 5).wrapping_add(h) ^ u32::from(c));
-    let x = (h as usize & 0xff) << 3;
-    let hpos = cdb_u32(data, x)?;
-    let hslots = cdb_u32(data, x + 4)?;
-    if hslots == 0 {
-        return Ok(None);
-    }
-    let mut slot = (h >> 8) as usize % hslots;
-    for _ in 0..hslots {
-        let spos = slot
-            .checked_mul(8)
-            .and_then(|o| hpos.checked_add(o))
-            .ok_or_else(bad_cdb)?;
-        let shash = cdb_u32(data, spos)?;
-        let pos = cdb_u32(data, spos + 4)?;
-        if pos == 0 {
-            return Ok(None);
-        }
-        if shash == h as usize {
-            let klen = cdb_u32(data, pos)?;
-            let dlen = cdb_u32(data, pos + 4)?;
-            if klen == key.len() && cdb_slice(data, pos + 8, klen)? == key {
-                return cdb_slice(data, pos + 8 + klen, dlen).map(Some);
-            }
-        }
-        slot += 1;
-        if slot == hslots {
-            slot = 0;
-        }
-    }
-    Ok(None)
 }
 
 impl Rules {
@@ -234,97 +179,6 @@ pub fn check_uidgid_with(
         }
     }
     Ok(Decision::NotFound)
-}
-
-/// Encodes an environment as the cdb stores it: `VAR=value\0` or `VAR\0`.
-pub fn encode_env(env: &[EnvVar]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for v in env {
-        b.extend_from_slice(&v.name);
-        if let Some(val) = &v.value {
-            b.push(b'=');
-            b.extend_from_slice(val);
-        }
-        b.push(0);
-    }
-    b
-}
-
-/// Decodes an environment blob (NUL-terminated entries). Bytes after the
-/// last NUL are no entry: the reference's `env_make` takes exactly as many
-/// strings as there are NULs, so an unterminated `VAR=value` grants nothing.
-pub fn decode_env(b: &[u8]) -> Vec<EnvVar> {
-    let terminated = match b.iter().rposition(|&c| c == 0) {
-        Some(i) => &b[..i],
-        None => return Vec::new(),
-    };
-    terminated
-        .split(|&c| c == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| match s.iter().position(|&c| c == b'=') {
-            Some(i) => EnvVar {
-                name: s[..i].to_vec(),
-                value: Some(s[i + 1..].to_vec()),
-            },
-            None => EnvVar {
-                name: s.to_vec(),
-                value: None,
-            },
-        })
-        .collect()
-}
-
-fn einval() -> io::Error {
-    io::Error::from_raw_os_error(libc::EINVAL)
-}
-
-/// Encodes a decision as a cdb value: `D`, or `A`, envlen u16 BE, env,
-/// execlen u16 BE, exec. `None` for `NotFound` (no record).
-pub fn encode_value(d: &Decision) -> io::Result<Option<Vec<u8>>> {
-    match d {
-        Decision::NotFound => Ok(None),
-        Decision::Deny => Ok(Some(b"D".to_vec())),
-        Decision::Allow(p) => {
-            let env = encode_env(&p.env);
-            if env.len() > 4096 || p.exec.len() > 4096 {
-                return Err(io::Error::from_raw_os_error(libc::E2BIG));
-            }
-            let mut v = Vec::with_capacity(5 + env.len() + p.exec.len());
-            v.push(b'A');
-            v.extend_from_slice(&(env.len() as u16).to_be_bytes());
-            v.extend_from_slice(&env);
-            v.extend_from_slice(&(p.exec.len() as u16).to_be_bytes());
-            v.extend_from_slice(&p.exec);
-            Ok(Some(v))
-        }
-    }
-}
-
-/// Decodes a cdb value with the reference's checks.
-pub fn decode_value(v: &[u8]) -> io::Result<Decision> {
-    if v.is_empty() || v.len() > 8197 {
-        return Err(einval());
-    }
-    match v[0] {
-        b'D' => return Ok(Decision::Deny),
-        b'A' => {}
-        _ => return Ok(Decision::NotFound),
-    }
-    if v.len() < 5 {
-        return Err(einval());
-    }
-    let envlen = u16::from_be_bytes([v[1], v[2]]) as usize;
-    if envlen > 4096 || v.len() - 5 < envlen {
-        return Err(einval());
-    }
-    let execlen = u16::from_be_bytes([v[3 + envlen], v[4 + envlen]]) as usize;
-    if execlen > 4096 || 5 + envlen + execlen != v.len() {
-        return Err(einval());
-    }
-    Ok(Decision::Allow(Params {
-        env: decode_env(&v[3..3 + envlen]),
-        exec: v[5 + envlen..].to_vec(),
-    }))
 }
 
 #[cfg(test)]
@@ -387,73 +241,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, Decision::Deny);
-    }
-
-    #[test]
-    fn cdb_values() {
-        let p = Params {
-            env: vec![
-                EnvVar {
-                    name: b"A".to_vec(),
-                    value: Some(b"x=y".to_vec()),
-                },
-                EnvVar {
-                    name: b"B".to_vec(),
-                    value: None,
-                },
-                EnvVar {
-                    name: b"C".to_vec(),
-                    value: Some(vec![]),
-                },
-            ],
-            exec: b"prog".to_vec(),
-        };
-        let v = encode_value(&Decision::Allow(p.clone())).unwrap().unwrap();
-        assert_eq!(&v[..3], &[b'A', 0, 11]);
-        assert_eq!(decode_value(&v).unwrap(), Decision::Allow(p.clone()));
-        assert!(p.is_set(b"C") && !p.is_set(b"B") && p.get(b"A") == Some(&b"x=y"[..]));
-        assert_eq!(decode_value(b"D").unwrap(), Decision::Deny);
-        assert_eq!(decode_value(b"X").unwrap(), Decision::NotFound);
-        assert!(decode_value(b"").is_err());
-        assert!(decode_value(b"A\0").is_err());
-        assert!(decode_value(&[b'A', 0, 9, 0, 0]).is_err());
-        assert!(decode_value(&[b'A', 0, 0, 0, 1]).is_err());
-        // Only NUL-terminated entries count, as the reference's env_make:
-        // a trailing `VAR=value` without its NUL sets nothing.
-        let env = b"S6_FDHOLDER_LIST=\0S6_FDHOLDER_GETDUMP=";
-        let mut v = vec![b'A', 0, env.len() as u8];
-        v.extend_from_slice(env);
-        v.extend_from_slice(&[0, 0]);
-        match decode_value(&v).unwrap() {
-            Decision::Allow(p) => {
-                assert!(p.is_set(b"S6_FDHOLDER_LIST"));
-                assert!(!p.is_set(b"S6_FDHOLDER_GETDUMP"));
-            }
-            d => panic!("{d:?}"),
-        }
-        assert_eq!(decode_env(b"S6_FDHOLDER_SETDUMP=1"), vec![]);
-    }
-
-    #[test]
-    fn cdb_find_agrees_with_cdb2() {
-        let path = std::env::temp_dir().join(format!("fdholder-cdbfind-{}", std::process::id()));
-        let mut m = cdb2::CDBMake::new(File::create(&path).unwrap()).unwrap();
-        for i in 0..3000 {
-            m.add(format!("uid/{i}").as_bytes(), format!("v{i}").as_bytes())
-                .unwrap();
-        }
-        m.add(b"uid/7", b"second").unwrap();
-        m.finish().unwrap();
-        let c = CdbRules::open(&path).unwrap();
-        let theirs = cdb2::CDB::open(&path).unwrap();
-        for i in 0..3100 {
-            let k = format!("uid/{i}");
-            let ours = cdb_find(&c.0, k.as_bytes()).unwrap().map(<[u8]>::to_vec);
-            assert_eq!(ours, theirs.get(k.as_bytes()).map(Result::unwrap), "{k}");
-        }
-        assert_eq!(cdb_find(&c.0, b"uid/7").unwrap(), Some(&b"v7"[..]));
-        // Cut short: the tables point past the end, an error.
-        assert!(cdb_find(&c.0[..2100], b"uid/7").is_err());
-        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -59,7 +59,7 @@ fn records(cdb: &Path) -> BTreeMap<Vec<u8>, Decision> {
     let mut out = BTreeMap::new();
     for kv in c.iter() {
         let (k, v) = kv.unwrap();
-        let mut d = rules::decode_value(&v).unwrap();
+        let mut d = rules::cdb::decode_value(&v).unwrap();
         if let Decision::Allow(p) = &mut d {
             p.env.sort_by(|a, b| a.name.cmp(&b.name));
         }

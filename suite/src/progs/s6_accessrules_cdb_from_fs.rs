@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 use crate::cli::{self, EXIT_SYS, EXIT_USAGE, Prog, strerror};
-use crate::rules::{self, EXEC_MAX, EnvVar, KeyFiles, Keys, KeysError, Mark};
+use crate::rules::{self, EXEC_MAX, EnvVar, KeyFiles, Keys, KeysError, Mark, cdb};
 
 const PROG: Prog = Prog {
     name: "s6-accessrules-cdb-from-fs",
@@ -125,7 +125,7 @@ impl KeyFiles for KeyDir<'_> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Vec::new(),
             Err(e) => return Err(KeyError::Envdir(envdir, e)),
         };
-        if rules::encode_env(&env).len() > 4096 {
+        if cdb::encode_env(&env).len() > cdb::ENV_MAX {
             return Err(KeyError::TooBig(envdir));
         }
         Ok(env)
@@ -181,7 +181,7 @@ pub fn main() {
     for key in keys {
         let key = key.unwrap_or_else(|e| keys_die(&tmp, e));
         let rule = rules::read_key(&mut KeyDir(&key.path)).unwrap_or_else(|e| e.die(&tmp));
-        let value = match rules::encode_value(&rule) {
+        let value = match cdb::encode_value(&rule) {
             Ok(Some(v)) => v,
             Ok(None) => continue,
             Err(e) => tmp.die(EXIT_SYS, "cdbmake_add", &e),

@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::cli::{EXIT_SYS, Prog};
+use crate::rules::cdb::{self, BadValue, Cdb};
+use crate::rules::{ENV_DIR, EXEC_FILE};
 use rustix::fs::{Mode, OFlags};
 
 const PROG: Prog = Prog {
@@ -15,6 +17,11 @@ const PROG: Prog = Prog {
 
 /// Directories are made 02755 whatever the umask, as the reference does.
 const DIR_MODE: u32 = 0o2755;
+
+/// The longest value the reference looks at (4 more than a value can be:
+/// one a little longer is still invalid, but only once its key's
+/// directories and `allow` or `deny` are made).
+const REFERENCE_VALUE_MAX: usize = cdb::VALUE_MAX + 4;
 
 /// The directory being built; removed whole on every failure.
 struct Out(OsString);
@@ -62,10 +69,13 @@ impl Out {
         }
     }
 
-    /// Writes one record; `false` if its data is not valid rules data.
-    fn record(&self, key: &[u8], data: &[u8]) -> bool {
-        if data.is_empty() || data.len() > 8201 {
-            return false;
+    /// Writes one record: its key's directories, `allow` or `deny` as the
+    /// value's first byte says, then `env/` and `exec` if the value holds
+    /// any (whatever that first byte). `BadValue` if the value is not
+    /// rules data.
+    fn record(&self, key: &[u8], data: &[u8]) -> Result<(), BadValue> {
+        if data.is_empty() || data.len() > REFERENCE_VALUE_MAX {
+            return Err(BadValue);
         }
         let base = [self.0.as_bytes(), b"/", key].concat();
         // Every prefix of the key that ends before a '/', then the whole.
@@ -80,78 +90,37 @@ impl Out {
         }
         self.mkdir(&base);
         let file = |name: &str| [&base[..], b"/", name.as_bytes()].concat();
-        match data[0] {
-            b'A' => self.write(&file("allow"), &[], "open_trunc"),
-            b'D' => self.write(&file("deny"), &[], "open_trunc"),
-            _ => {}
+        if let Some(mark) = cdb::mark(data) {
+            self.write(&file(mark.file_name()), &[], "open_trunc");
         }
         if data.len() < 3 {
-            return true;
+            return Ok(());
         }
-        let envlen = u16::from_be_bytes([data[1], data[2]]) as usize;
-        if envlen > 4096 || 5 + envlen > data.len() {
-            return false;
+        let (env, exec) = cdb::split_value(data)?;
+        if !env.is_empty() {
+            self.env(&file(ENV_DIR), env)?;
         }
-        let execlen = u16::from_be_bytes([data[3 + envlen], data[4 + envlen]]) as usize;
-        if execlen > 4096 || 5 + envlen + execlen != data.len() {
-            return false;
+        if !exec.is_empty() {
+            self.write(&file(EXEC_FILE), &[exec], "openwritenclose_unsafe");
         }
-        if envlen > 0 && !self.env(&file("env"), &data[3..3 + envlen]) {
-            return false;
-        }
-        if execlen > 0 {
-            self.write(
-                &file("exec"),
-                &[&data[5 + envlen..]],
-                "openwritenclose_unsafe",
-            );
-        }
-        true
+        Ok(())
     }
 
     /// Writes `env/`: `VAR=value` gives a file `VAR` holding `value\n`,
-    /// `VAR` an empty file. `false` if an entry lacks its NUL.
-    fn env(&self, dir: &[u8], mut env: &[u8]) -> bool {
+    /// `VAR` an empty file. `BadValue` if an entry lacks its NUL (those
+    /// before it are written).
+    fn env(&self, dir: &[u8], env: &[u8]) -> Result<(), BadValue> {
         self.mkdir(dir);
-        while !env.is_empty() {
-            let Some(n) = env.iter().position(|&c| c == 0) else {
-                return false;
-            };
-            let entry = &env[..n];
-            let p = entry.iter().position(|&c| c == b'=').unwrap_or(n);
-            let path = [dir, b"/", &entry[..p]].concat();
-            if p < n {
-                self.write(&path, &[&entry[p + 1..], b"\n"], "openwritenclose_unsafe");
-            } else {
-                self.write(&path, &[], "open_trunc");
+        for entry in cdb::env_entries(env) {
+            let (name, value) = entry?;
+            let path = [dir, b"/", name].concat();
+            match value {
+                Some(v) => self.write(&path, &[v, b"\n"], "openwritenclose_unsafe"),
+                None => self.write(&path, &[], "open_trunc"),
             }
-            env = &env[n + 1..];
         }
-        true
+        Ok(())
     }
-}
-
-/// A cdb record: key and data.
-type Record<'a> = (&'a [u8], &'a [u8]);
-
-/// The record at `*pos` of a cdb, as skalibs' `cdb_traverse_next` reads
-/// them in file order: `Ok(None)` at the end, `Err(())` if the file is not
-/// a valid cdb. A record reaching past the end of the file is invalid (the
-/// reference reads beyond it).
-fn next_record<'a>(cdb: &'a [u8], pos: &mut usize) -> Result<Option<Record<'a>>, ()> {
-    let u32_at = |p: usize| {
-        let b = cdb.get(p..p + 4).ok_or(())?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let eod = u32_at(0)?;
-    if eod < 8 || eod - 8 < *pos {
-        return Ok(None);
-    }
-    let (klen, dlen) = (u32_at(*pos)?, u32_at(*pos + 4)?);
-    let key = cdb.get(*pos + 8..*pos + 8 + klen).ok_or(())?;
-    let data = cdb.get(*pos + 8 + klen..*pos + 8 + klen + dlen).ok_or(())?;
-    *pos += 8 + klen + dlen;
-    Ok(Some((key, data)))
 }
 
 /// Reads the cdb file as skalibs' `cdb_init` maps it.
@@ -187,13 +156,11 @@ pub fn main() {
     }
     rustix::process::umask(old);
     let out = Out(dir.to_os_string());
-    let mut pos = 2048;
-    loop {
-        let Ok(next) = next_record(&cdb, &mut pos) else {
+    for record in Cdb::new(&cdb).records() {
+        let Ok((key, data)) = record else {
             out.die_x("cdb_traverse_next: invalid cdb")
         };
-        let Some((key, data)) = next else { break };
-        if !out.record(key, data) {
+        if out.record(key, data).is_err() {
             out.die_x(format_args!(
                 "handle cdb record: {} does not contain valid accessrules data",
                 cdbfile.to_string_lossy()
