@@ -273,8 +273,11 @@ impl KeyFiles for KeyPath {
     }
 }
 
-/// Looks up `key` in a rules directory by path, as the reference daemon
-/// does: see [`KeyPath`].
+/// Looks up `key` in a rules directory by path, as the reference daemon's
+/// `s6_accessrules_backend_fs` does: `allow` and `deny` count if readable
+/// (`access(R_OK)`), `exec` is opened without blocking (a FIFO reads as
+/// empty) and is none if missing or unreadable; every other error is an
+/// error.
 pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
     read_key(&mut KeyPath::new(dir, key))
 }
