@@ -146,8 +146,17 @@ impl Prog {
 
     /// Connects to the daemon at `path`, or dies 111 with the reference's
     /// message (`what` is "" or e.g. "source ").
+    ///
+    /// A path too long for a socket address is reported as EPROTO, as
+    /// skalibs' `ipc_connect` does (in every version), where the library
+    /// says ENAMETOOLONG.
     pub fn connect(&self, what: &str, path: &OsStr, deadline: Deadline) -> Client {
         Client::connect(path, deadline).unwrap_or_else(|e| {
+            let e = if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                io::Error::from_raw_os_error(libc::EPROTO)
+            } else {
+                e
+            };
             self.die_unable(
                 EXIT_SYS,
                 format_args!(
@@ -191,8 +200,9 @@ const DEFAULT_PATH: &[u8] = b"/usr/bin:/bin";
 
 /// skalibs' `execvep`: `file` as is if it has a `/`, else each non-empty
 /// entry of `PATH` (of this process's environment) in turn, going on past
-/// ENOENT, EACCES, EPERM, EISDIR and ENOTDIR and reporting the first of
-/// those last four that happened, else the last error.
+/// ENOENT, EACCES, EPERM, EISDIR and ENOTDIR, and stopping at any other
+/// error; the error reported is the last one that was not ENOENT, else
+/// ENOENT.
 fn execvep(file: &[u8], argv: &[CString], envp: &[CString]) -> io::Error {
     let Ok(c) = CString::new(file) else {
         return io::Error::from_raw_os_error(libc::EINVAL);
@@ -207,7 +217,9 @@ fn execvep(file: &[u8], argv: &[CString], envp: &[CString]) -> io::Error {
         let mut full = dir.to_vec();
         full.push(b'/');
         full.extend_from_slice(file);
-        let Ok(full) = CString::new(full) else { continue };
+        let Ok(full) = CString::new(full) else {
+            continue;
+        };
         let e = crate::sys::execve(&full, argv, envp);
         let errno = e.raw_os_error().unwrap_or(0);
         if errno != libc::ENOENT {

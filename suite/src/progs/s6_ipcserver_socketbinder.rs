@@ -18,11 +18,13 @@ const PROG: Prog = Prog {
 /// The longest path skalibs binds to (`IPCPATH_MAX`).
 const IPCPATH_MAX: usize = 107;
 
-/// Binds `sock` to `path` as skalibs' `ipc_bind`: a path too long is EPROTO;
-/// the empty path is the address of all zeros (an abstract name).
+/// Binds `sock` to `path` as skalibs' `ipc_bind` (2.15, which s6 2.15 is
+/// built with): a path too long is ENAMETOOLONG (older skalibs, as under
+/// Debian's s6 2.11, said EPROTO); the empty path is the address of all
+/// zeros (an abstract name).
 fn bind(sock: &OwnedFd, path: &OsStr) -> io::Result<()> {
     if path.len() > IPCPATH_MAX {
-        return Err(io::Error::from_raw_os_error(libc::EPROTO));
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
     }
     let addr = if path.is_empty() {
         SocketAddrUnix::new_abstract_name(&[0; IPCPATH_MAX])?

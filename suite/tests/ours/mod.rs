@@ -11,8 +11,14 @@ pub fn multicall() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fdholder"))
 }
 
-/// Path of our program `name` (a link to the multicall binary).
+/// Path of our program `name` (a link to the multicall binary). With
+/// `FDHOLDER_TEST_BIN_DIR` set, the program of that name in that directory
+/// instead (to run the tests against an installed suite, or an older
+/// build).
 pub fn ours(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FDHOLDER_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static INSTALL: Once = Once::new();
     let exe = multicall();
     let dir = exe.parent().unwrap().to_path_buf();
