@@ -81,11 +81,12 @@ impl Daemon {
         let rules = rules_dir(&dir, regex);
         let (flag, rules) = if how == Rules::Cdb {
             let file = dir.join("rules.cdb");
-            let made = Command::new(Path::new(ours_exe()).with_file_name("s6-accessrules-cdb-from-fs"))
-                .arg(&file)
-                .arg(&rules)
-                .status()
-                .unwrap();
+            let made =
+                Command::new(Path::new(ours_exe()).with_file_name("s6-accessrules-cdb-from-fs"))
+                    .arg(&file)
+                    .arg(&rules)
+                    .status()
+                    .unwrap();
             assert!(made.success(), "s6-accessrules-cdb-from-fs failed");
             ("-x", file)
         } else {

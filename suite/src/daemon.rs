@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CStr;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll;
 use rustix::net::SocketFlags;
 
-use fdholder::proto::{self, Request};
 use crate::rules::{CdbRules, Decision, DirRules, Rules};
 use crate::sys::{self, Regex};
+use fdholder::proto::{self, Request};
 use fdholder::tain::Tain;
 use fdholder::wire::{MAX_FDS, Receiver, Sender};
 
@@ -80,16 +80,16 @@ struct Log {
 }
 
 impl Log {
+    // Each line goes out in one write, errors ignored (never eprintln!,
+    // which panics when stderr is gone: a dead logger must not kill us).
     fn warn(&self, msg: std::fmt::Arguments<'_>) {
         if self.verbosity >= 1 {
-            // Never eprintln!: it panics when stderr is gone (EPIPE, as
-            // SIGPIPE is ignored), and a dead logger must not kill us.
-            let _ = writeln!(io::stderr(), "s6-fdholderd: warning: {msg}");
+            crate::cli::write_stderr(format!("s6-fdholderd: warning: {msg}\n").as_bytes());
         }
     }
     fn info(&self, msg: std::fmt::Arguments<'_>) {
         if self.verbosity >= 2 {
-            let _ = writeln!(io::stderr(), "s6-fdholderd: info: {msg}");
+            crate::cli::write_stderr(format!("s6-fdholderd: info: {msg}\n").as_bytes());
         }
     }
 }
@@ -254,7 +254,10 @@ impl Store {
             }
             let held = self.free_slot(slot);
             self.by_id.remove(&held.id);
-            log.info(format_args!("expired id {}", String::from_utf8_lossy(&held.id)));
+            log.info(format_args!(
+                "expired id {}",
+                String::from_utf8_lossy(&held.id)
+            ));
         }
     }
 }
@@ -862,7 +865,13 @@ fn handle_request(
         }
         Request::List => {
             if st.rights.list {
-                let ans = proto::list_answer(store.iter().map(|h| &h.id[..]).collect::<Vec<_>>().into_iter());
+                let ans = proto::list_answer(
+                    store
+                        .iter()
+                        .map(|h| &h.id[..])
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                );
                 st.answer(ans, Vec::new(), cfg);
             } else {
                 st.status(libc::EPERM, cfg);

@@ -17,8 +17,14 @@ pub mod s6_ipcserver_socketbinder;
 
 /// Every program of the suite: its name and its `main`.
 pub const PROGRAMS: &[(&str, fn())] = &[
-    ("s6-accessrules-cdb-from-fs", s6_accessrules_cdb_from_fs::main),
-    ("s6-accessrules-fs-from-cdb", s6_accessrules_fs_from_cdb::main),
+    (
+        "s6-accessrules-cdb-from-fs",
+        s6_accessrules_cdb_from_fs::main,
+    ),
+    (
+        "s6-accessrules-fs-from-cdb",
+        s6_accessrules_fs_from_cdb::main,
+    ),
     ("s6-applyuidgid", s6_applyuidgid::main),
     ("s6-fdholder-daemon", s6_fdholder_daemon::main),
     ("s6-fdholder-delete", s6_fdholder_delete::main),

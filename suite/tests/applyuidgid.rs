@@ -15,10 +15,8 @@ type Env<'a> = &'a [(&'a str, &'a str)];
 /// uid, gid, groups, as `id -u`, `id -g`, `id -G` print them.
 type Creds = (String, String, String);
 
-mod ours;
-
 fn ours() -> PathBuf {
-    ours::ours("s6-applyuidgid")
+    common::ours("s6-applyuidgid")
 }
 
 /// Prints the credentials numerically, then as `id` does.

@@ -5,7 +5,7 @@
 //!
 //! Known, deliberate differences, asserted here:
 //! - `s6-fdholder-delete` names the id in its refusal message (the reference
-//!   names the socket path, SPEC §8);
+//!   names the socket path, docs/protocol.md#known-defects-of-the-reference);
 //! - `s6-fdholder-transferdump` exits 2 when the destination refuses, as
 //!   documented (the reference's code exits 1);
 //! - an empty id is refused by our client library (`Invalid argument`)
@@ -460,7 +460,7 @@ fn delete_success_and_refusals() {
     let o = run(Impl::Ours, name, &[&"-t", &"1000", &d.sock, &"one"]);
     assert_eq!(ces(&o), (0, String::new(), String::new()));
     assert!(list_of(&d).is_empty());
-    // The message names the id (the reference names the socket: SPEC §8).
+    // The message names the id (the reference names the socket: docs/protocol.md#known-defects-of-the-reference).
     let o = run(Impl::Ours, name, &[&d.sock, &"one"]);
     assert_eq!(
         ces(&o),
@@ -1575,7 +1575,7 @@ fn timeouts_against_a_silent_listener() {
             assert_eq!(ours, run(Impl::Reference, name, args), "{name}");
         }
     }
-    // delete: ours only, the reference names the socket (SPEC §8).
+    // delete: ours only, the reference names the socket (docs/protocol.md#known-defects-of-the-reference).
     let o = run(
         Impl::Ours,
         "s6-fdholder-delete",

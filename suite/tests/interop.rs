@@ -4,9 +4,11 @@
 //! the two daemons, in every combination, still the same open file,
 //! (d) dumps past the reference's limit of 253 fds.
 //!
-//! The reference daemon sends a whole dump in one message, so dumps from
-//! it stay within 253 fds (the kernel's SCM_RIGHTS limit; SPEC §8); the
-//! test that goes past it only documents that the reference fails there.
+//! The reference daemon (skalibs 2.13) cuts a dump in messages of 255
+//! fds, more than the kernel's SCM_RIGHTS limit of 253, so dumps from it
+//! stay within 253 fds (docs/protocol.md, "Known defects of the
+//! reference"); the test that goes past it only documents that the
+//! reference fails there.
 
 mod common;
 
@@ -459,9 +461,9 @@ fn d_reference_daemon_cannot_dump_more_than_253() {
     if !have_reference() {
         return;
     }
-    // Documents SPEC §8: the reference daemon puts every fd of a dump in
-    // one message; past 253 the kernel refuses it and the client sees the
-    // connection go. Only the client side is asserted: the getdump fails,
+    // Documents docs/protocol.md, "Known defects of the reference": the
+    // reference daemon puts up to 255 fds of a dump in one message; past
+    // 253 the kernel refuses it and the client sees the connection go. Only the client side is asserted: the getdump fails,
     // with exit 1 from both programs. What the daemon does next is not.
     let (d, _f) = daemon_holding(Impl::Reference, 254);
     let e = d.client().getdump(deadline()).unwrap_err();

@@ -31,9 +31,7 @@ pub fn main() {
             'b' => backlog = Some(PROG.uint(&v)),
             'u' => uid = PROG.uint(&v),
             'g' => gid = PROG.uint(&v),
-            'G' => {
-                gids = Some(crate::cli::parse_gidlist(&v).unwrap_or_else(|| PROG.die_usage()))
-            }
+            'G' => gids = Some(crate::cli::parse_gidlist(&v).unwrap_or_else(|| PROG.die_usage())),
             'U' => (flag_u, uid, gid, gids) = (true, 0, 0, None),
             't' => timeout = PROG.uint(&v),
             'T' => ltimeout = PROG.uint(&v),

@@ -6,8 +6,8 @@ use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 
-use fdholder::Tain;
 use crate::cli::{EXIT_REFUSED, EXIT_SYS, Prog};
+use fdholder::Tain;
 
 const PROG: Prog = Prog {
     name: "s6-fdholder-getdump",

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use fdholder::Tain;
 use crate::cli::{EXIT_REFUSED, Prog};
+use fdholder::Tain;
 
 const PROG: Prog = Prog {
     name: "s6-fdholder-store",

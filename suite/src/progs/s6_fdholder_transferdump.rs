@@ -1,4 +1,4 @@
-//! `s6-fdholder-transferdump`: moves every fd from one daemon to another.
+//! `s6-fdholder-transferdump`: copies every fd from one daemon to another.
 //! See `docs/s6-fdholder-transferdump.md`.
 
 use std::ffi::OsStr;
