@@ -12,7 +12,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use common::{ALL_RIGHTS, Daemon, Impl, allow, deny, file_with, have_reference};
 
@@ -39,36 +38,34 @@ fn start(which: Impl, rules: &Path) -> Daemon {
     d
 }
 
-/// Our programs, copied where any uid may run them (the build directory
-/// may be under a home only root can enter).
-fn ours(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        // Those of earlier runs go.
-        for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = n.strip_prefix("fdholder-access-bin-")
-                && !Path::new("/proc").join(pid).exists()
-            {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("fdholder-access-bin-{}", std::process::id()));
+/// Our program `name`, in the daemon's directory (which any uid may
+/// enter; the build directory may be under a home only root can enter): a
+/// copy of the multicall binary and its links, made at the first call and
+/// removed with the daemon's directory.
+fn ours(d: &Daemon, name: &str) -> PathBuf {
+    let dir = d.dir.join("bin");
+    if !dir.exists() {
         std::fs::create_dir_all(&dir).unwrap();
-        for p in [
-            "s6-applyuidgid",
-            "s6-fdholder-store",
-            "s6-fdholder-retrieve",
-            "s6-fdholder-delete",
-            "s6-fdholder-list",
-            "s6-fdholder-getdump",
-            "s6-fdholder-setdump",
-        ] {
-            std::fs::copy(common::ours(p), dir.join(p)).unwrap();
+        let exe = dir.join("fdholder");
+        // A hard link where it can be (no file open for writing that a
+        // concurrent fork could inherit), else a copy; a copy's first exec
+        // may then meet ETXTBSY for a moment.
+        if std::fs::hard_link(common::multicall(), &exe).is_err() {
+            std::fs::copy(common::multicall(), &exe).unwrap();
         }
+        let mut tries = 0;
+        let st = loop {
+            match Command::new(&exe).arg("--install").arg(&dir).status() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
+        assert!(st.success());
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    });
+    }
     dir.join(name)
 }
 
@@ -76,10 +73,10 @@ fn ours(name: &str) -> PathBuf {
 fn as_user(d: &Daemon, uid: u32, gid: u32, op: &str, id: &str) -> i32 {
     let sock = d.sock.to_str().unwrap();
     let tool = |name: &str| match CLIENT.with(|c| c.get()) {
-        Impl::Ours => ours(name),
+        Impl::Ours => ours(d, name),
         Impl::Reference => PathBuf::from("/usr/bin").join(name),
     };
-    let mut cmd = Command::new(ours("s6-applyuidgid"));
+    let mut cmd = Command::new(ours(d, "s6-applyuidgid"));
     cmd.args(["-u", &uid.to_string(), "-g", &gid.to_string(), "-G", ""]);
     match op {
         "store" => cmd.arg(tool("s6-fdholder-store")).args([sock, id]),

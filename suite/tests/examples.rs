@@ -93,10 +93,9 @@ fn procs_in(root: &Path) -> Vec<(i32, PathBuf)> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
-        if let Ok(cwd) = fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(root)
-        {
-            v.push((pid, cwd));
+        match fs::read_link(e.path().join("cwd")) {
+            Ok(cwd) if cwd.starts_with(root) => v.push((pid, cwd)),
+            _ => {}
         }
     }
     v

@@ -55,18 +55,9 @@ pub fn have_reference() -> bool {
     false
 }
 
-/// A fresh, empty directory for one test.
-pub fn tmpdir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fdholder-test-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty directory for one test, removed when dropped.
+pub fn tmpdir(tag: &str) -> TempDir {
+    TempDir::new(&format!("test-{tag}"))
 }
 
 /// All five rights, as environment files, with both regexes matching all.
@@ -189,10 +180,12 @@ impl Daemon {
 
     /// Starts a daemon and waits for its `-1` readiness notification.
     pub fn start_with(which: Impl, o: Opts<'_>) -> Daemon {
+        // The daemon removes its directory when dropped.
         let dir = tmpdir(match which {
             Impl::Ours => "ours",
             Impl::Reference => "ref",
-        });
+        })
+        .into_path();
         let sock = dir.join("s");
         let listener = UnixListener::bind(&sock).unwrap();
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -276,6 +269,7 @@ impl Daemon {
     pub fn terminate(mut self) -> Option<i32> {
         self.signal(rustix::process::Signal::TERM);
         let code = wait_timeout(&mut self.child, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.dir);
         std::mem::forget(self);
         code
     }
@@ -367,8 +361,28 @@ impl TempDir {
         &self.0
     }
 
+    /// The path, no longer removed on drop: the caller removes it.
+    pub fn into_path(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
+
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
         self.0.join(p)
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
     }
 }
 
