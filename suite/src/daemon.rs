@@ -811,13 +811,14 @@ impl ConnState {
 
 /// Handles one request. Refusals are answered with an errno; protocol
 /// errors drop the connection. Fds that came with a refused request are
-/// closed here (dropped).
+/// closed here (dropped). One function per request follows, as the
+/// reference's `do_store` ... `do_setdump_data`.
 fn handle_request(
     st: &mut ConnState,
     store: &mut Store,
     cfg: &Config,
     payload: &[u8],
-    mut fds: Vec<OwnedFd>,
+    fds: Vec<OwnedFd>,
 ) -> Result<(), ProtocolError> {
     let req = proto::parse_request(payload, fds.len()).ok_or(ProtocolError)?;
     let setdump_chunk = matches!(req, Request::SetDumpChunk { .. });
@@ -826,93 +827,122 @@ fn handle_request(
         return Err(ProtocolError);
     }
     match req {
-        Request::Store { limit, id } => {
-            let errno = if !matches(&st.rights.store, id) {
-                libc::EPERM
-            } else {
-                let fd = fds.pop().ok_or(ProtocolError)?;
-                match store.insert(id.to_bytes(), fd, limit, Tain::now()) {
-                    Ok(()) => 0,
-                    Err(refusal) => refusal.errno(),
-                }
-            };
-            st.status(errno, cfg);
+        Request::Store { limit, id } => do_store(st, store, cfg, limit, id, fds)?,
+        Request::Delete { id } => do_delete(st, store, cfg, id),
+        Request::Retrieve { id, delete } => do_retrieve(st, store, cfg, id, delete),
+        Request::List => do_list(st, store, cfg),
+        Request::GetDump => do_getdump(st, store, cfg),
+        Request::SetDump { total } => do_setdump(st, store, cfg, total),
+        Request::SetDumpChunk { entries } => do_setdump_chunk(st, store, cfg, entries, fds)?,
+    }
+    Ok(())
+}
+
+/// Store: hold the one fd that came with the request under `id`.
+fn do_store(
+    st: &mut ConnState,
+    store: &mut Store,
+    cfg: &Config,
+    limit: Tain,
+    id: &CStr,
+    mut fds: Vec<OwnedFd>,
+) -> Result<(), ProtocolError> {
+    let errno = if !matches(&st.rights.store, id) {
+        libc::EPERM
+    } else {
+        let fd = fds.pop().ok_or(ProtocolError)?;
+        match store.insert(id.to_bytes(), fd, limit, Tain::now()) {
+            Ok(()) => 0,
+            Err(refusal) => refusal.errno(),
         }
-        Request::Delete { id } => {
-            let errno = if !matches(&st.rights.store, id) {
-                libc::EPERM
-            } else if store.remove(id.to_bytes()).is_none() {
-                libc::ENOENT
-            } else {
-                0
-            };
-            st.status(errno, cfg);
+    };
+    st.status(errno, cfg);
+    Ok(())
+}
+
+/// Delete: close and forget `id` (needs the store right on it).
+fn do_delete(st: &mut ConnState, store: &mut Store, cfg: &Config, id: &CStr) {
+    let errno = if !matches(&st.rights.store, id) {
+        libc::EPERM
+    } else if store.remove(id.to_bytes()).is_none() {
+        libc::ENOENT
+    } else {
+        0
+    };
+    st.status(errno, cfg);
+}
+
+/// Retrieve: send the fd held under `id`, forgetting it if `delete`
+/// (which needs the store right too).
+fn do_retrieve(st: &mut ConnState, store: &mut Store, cfg: &Config, id: &CStr, delete: bool) {
+    if !matches(&st.rights.retrieve, id) || (delete && !matches(&st.rights.store, id)) {
+        return st.status(libc::EPERM, cfg);
+    }
+    let fd = if delete {
+        store.remove(id.to_bytes())
+    } else {
+        store.get(id.to_bytes()).cloned()
+    };
+    match fd {
+        Some(fd) => st.answer(vec![0], vec![fd], cfg),
+        None => st.status(libc::ENOENT, cfg),
+    }
+}
+
+/// List: every id, in storage order.
+fn do_list(st: &mut ConnState, store: &Store, cfg: &Config) {
+    if !st.rights.list {
+        return st.status(libc::EPERM, cfg);
+    }
+    let ids: Vec<&[u8]> = store.iter().map(|h| &h.id[..]).collect();
+    st.answer(proto::list_answer(ids.into_iter()), Vec::new(), cfg);
+}
+
+/// Getdump: every fd with its id and limit, in storage order.
+fn do_getdump(st: &mut ConnState, store: &Store, cfg: &Config) {
+    if !st.rights.getdump {
+        return st.status(libc::EPERM, cfg);
+    }
+    getdump(st, store, cfg);
+}
+
+/// Setdump: announce `total` fds to come in chunks; answer how many chunks.
+fn do_setdump(st: &mut ConnState, store: &Store, cfg: &Config, total: u32) {
+    if !st.rights.setdump {
+        return st.status(libc::EPERM, cfg);
+    }
+    if !store.has_room_for(total as usize) {
+        return st.status(libc::ENFILE, cfg);
+    }
+    st.dumping = total;
+    let mut ans = vec![0];
+    ans.extend_from_slice(&(proto::chunks_for(total as usize) as u32).to_be_bytes());
+    st.answer(ans, Vec::new(), cfg);
+}
+
+/// A setdump chunk: hold each fd under its id, replacing what was held
+/// there; EAGAIN while more are expected, 0 after the last.
+fn do_setdump_chunk(
+    st: &mut ConnState,
+    store: &mut Store,
+    cfg: &Config,
+    entries: Vec<(Tain, &CStr)>,
+    fds: Vec<OwnedFd>,
+) -> Result<(), ProtocolError> {
+    if entries.len() > st.dumping as usize {
+        return Err(ProtocolError);
+    }
+    if !st.rights.setdump {
+        st.status(libc::EPERM, cfg);
+    } else if !store.has_room_for(entries.len()) {
+        st.status(libc::ENFILE, cfg);
+    } else {
+        let now = Tain::now();
+        st.dumping -= entries.len() as u32;
+        for ((limit, id), fd) in entries.into_iter().zip(fds) {
+            store.replace(id.to_bytes(), fd, limit, now);
         }
-        Request::Retrieve { id, delete } => {
-            if !matches(&st.rights.retrieve, id) || (delete && !matches(&st.rights.store, id)) {
-                st.status(libc::EPERM, cfg);
-            } else {
-                let fd = if delete {
-                    store.remove(id.to_bytes())
-                } else {
-                    store.get(id.to_bytes()).cloned()
-                };
-                match fd {
-                    Some(fd) => st.answer(vec![0], vec![fd], cfg),
-                    None => st.status(libc::ENOENT, cfg),
-                }
-            }
-        }
-        Request::List => {
-            if st.rights.list {
-                let ans = proto::list_answer(
-                    store
-                        .iter()
-                        .map(|h| &h.id[..])
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                );
-                st.answer(ans, Vec::new(), cfg);
-            } else {
-                st.status(libc::EPERM, cfg);
-            }
-        }
-        Request::GetDump => {
-            if st.rights.getdump {
-                getdump(st, store, cfg);
-            } else {
-                st.status(libc::EPERM, cfg);
-            }
-        }
-        Request::SetDump { total } => {
-            if !st.rights.setdump {
-                st.status(libc::EPERM, cfg);
-            } else if !store.has_room_for(total as usize) {
-                st.status(libc::ENFILE, cfg);
-            } else {
-                st.dumping = total;
-                let mut ans = vec![0];
-                ans.extend_from_slice(&(proto::chunks_for(total as usize) as u32).to_be_bytes());
-                st.answer(ans, Vec::new(), cfg);
-            }
-        }
-        Request::SetDumpChunk { entries } => {
-            if entries.len() > st.dumping as usize {
-                return Err(ProtocolError);
-            }
-            if !st.rights.setdump {
-                st.status(libc::EPERM, cfg);
-            } else if !store.has_room_for(entries.len()) {
-                st.status(libc::ENFILE, cfg);
-            } else {
-                let now = Tain::now();
-                st.dumping -= entries.len() as u32;
-                for ((limit, id), fd) in entries.into_iter().zip(fds) {
-                    store.replace(id.to_bytes(), fd, limit, now);
-                }
-                st.status(if st.dumping > 0 { libc::EAGAIN } else { 0 }, cfg);
-            }
-        }
+        st.status(if st.dumping > 0 { libc::EAGAIN } else { 0 }, cfg);
     }
     Ok(())
 }
