@@ -609,6 +609,18 @@ fn median_of<const N: usize>(runs: &[[f64; N]], g: impl Fn(&[f64; N]) -> f64) ->
     median(&mut runs.iter().map(g).collect::<Vec<_>>())
 }
 
+/// The floor of a tool pair: the same processes doing nothing, trivial C
+/// programs of Debian's (`true` for the store, `env true` for the retrieve
+/// that execs `true`): two spawns, three execs. No tool can go below it.
+fn floor_pair() -> Duration {
+    let t = Instant::now();
+    let st = Command::new("/bin/true").stdin(Stdio::null()).status().unwrap();
+    assert!(st.success());
+    let st = Command::new("/usr/bin/env").arg("/bin/true").status().unwrap();
+    assert!(st.success());
+    t.elapsed()
+}
+
 /// One store + retrieve -D pair of processes; returns its wall time.
 fn tool_pair(bin: &Path, sock: &Path, i: usize) -> Duration {
     let id = format!("proc{i}");
@@ -860,20 +872,25 @@ fn main() {
     // against its own daemon.
     let ours = Daemon::start(ours_exe(), "ours-proc", Rules::Dir);
     let reference = Daemon::start(REF, "ref-proc", Rules::Dir);
-    // Alternated pair by pair; totals.
-    let (mut po, mut pr) = (Duration::ZERO, Duration::ZERO);
+    // Rotated pair by pair with the floor; totals.
+    let (mut po, mut pr, mut pf) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for i in 0..pairs {
-        if i % 2 == 0 {
-            po += tool_pair(&ours_bin, &ours.sock, i);
-            pr += tool_pair(&ref_bin, &reference.sock, i);
-        } else {
-            pr += tool_pair(&ref_bin, &reference.sock, i);
-            po += tool_pair(&ours_bin, &ours.sock, i);
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => po += tool_pair(&ours_bin, &ours.sock, i),
+                1 => pr += tool_pair(&ref_bin, &reference.sock, i),
+                _ => pf += floor_pair(),
+            }
         }
     }
     t.time(
         &format!("processes: {pairs} store + retrieve -D pairs, total (ms)"),
         Ok(po.as_secs_f64() * 1e3),
+        Ok(pr.as_secs_f64() * 1e3),
+    );
+    t.time(
+        &format!("processes: floor ({pairs} true + env true pairs) vs reference (ms)"),
+        Ok(pf.as_secs_f64() * 1e3),
         Ok(pr.as_secs_f64() * 1e3),
     );
     drop(ours);
