@@ -71,7 +71,7 @@ fn launch(
     argv: &[&str],
     env: &[(&str, &str)],
 ) -> Ended {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new("/usr/bin/python3");
     cmd.arg("-c").arg(LAUNCHER);
     for (op, arg) in setup {
         cmd.args([op, arg]);

@@ -593,7 +593,7 @@ fn a_write_through_mmap_after_caching_is_seen() {
         let d = Daemon::with_rules(which, "-i", rules);
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
-        let mut py = std::process::Command::new("python3")
+        let mut py = std::process::Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(script)
             .arg(env_file(&dir, "S6_FDHOLDER_STORE_REGEX"))
