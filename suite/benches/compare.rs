@@ -614,9 +614,15 @@ fn median_of<const N: usize>(runs: &[[f64; N]], g: impl Fn(&[f64; N]) -> f64) ->
 /// that execs `true`): two spawns, three execs. No tool can go below it.
 fn floor_pair() -> Duration {
     let t = Instant::now();
-    let st = Command::new("/bin/true").stdin(Stdio::null()).status().unwrap();
+    let st = Command::new("/bin/true")
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
     assert!(st.success());
-    let st = Command::new("/usr/bin/env").arg("/bin/true").status().unwrap();
+    let st = Command::new("/usr/bin/env")
+        .arg("/bin/true")
+        .status()
+        .unwrap();
     assert!(st.success());
     t.elapsed()
 }

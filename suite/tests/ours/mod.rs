@@ -26,7 +26,10 @@ pub fn ours(name: &str) -> PathBuf {
         // Programs of an older build (one binary per program) in cargo's
         // own target directory are stale artifacts: `--install` rightly
         // refuses to replace files that are not links, so they go first.
-        let list = std::process::Command::new(&exe).arg("--list").output().unwrap();
+        let list = std::process::Command::new(&exe)
+            .arg("--list")
+            .output()
+            .unwrap();
         for name in String::from_utf8(list.stdout).unwrap().lines() {
             let p = dir.join(name);
             if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink()) {
