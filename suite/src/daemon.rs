@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll;
 use rustix::net::SocketFlags;
 
-use crate::rules::{CdbRules, Decision, DirRules, Rules};
+use crate::rules::{CdbOpenError, CdbRules, Decision, DirRules, Rules};
 use crate::sys::{self, Regex};
 use fdholder::proto::{self, Request};
 use fdholder::tain::Tain;
@@ -485,6 +485,12 @@ impl Daemon<'_> {
         Ok(())
     }
 
+    /// SIGHUP with `-x`: reads the rules file again. A file that is read
+    /// but is not a valid cdb is installed as rules that refuse everyone
+    /// (fail closed, as the reference, which maps whatever it finds); one
+    /// that cannot be read at all leaves the previous rules in place (as
+    /// the reference: nothing new is known, and the cause may be a
+    /// passing shortage of descriptors or memory). Both are warned about.
     fn reload_rules(&mut self) {
         let RulesConfig::Cdb(path) = &self.cfg.rules else {
             return;
@@ -495,7 +501,14 @@ impl Daemon<'_> {
                 self.log
                     .info(format_args!("reloaded rules from {}", path.display()));
             }
-            Err(e) => self.log.warn(format_args!(
+            Err(CdbOpenError::Invalid(bad)) => {
+                self.rules = Rules::RefuseAll(bad);
+                self.log.warn(format_args!(
+                    "rules file {} is not a valid cdb: refusing every connection until SIGHUP finds a valid one",
+                    path.display()
+                ));
+            }
+            Err(CdbOpenError::Unreadable(e)) => self.log.warn(format_args!(
                 "unable to reload rules from {}, keeping the previous ones: {}",
                 path.display(),
                 crate::cli::strerror(&e)

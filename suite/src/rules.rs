@@ -86,6 +86,10 @@ pub enum Rules {
     Dir(Box<DirRules>),
     /// A rules cdb, as mapped when opened (reopen to see a new file).
     Cdb(CdbRules),
+    /// A rules file read on SIGHUP that is not a valid cdb: installed all
+    /// the same, as the reference installs whatever it maps, so that every
+    /// lookup fails and every connection is refused until a valid one is.
+    RefuseAll(cdb::BadCdb),
 }
 
 /// An open rules cdb: the file's bytes, read when opened.
@@ -97,19 +101,33 @@ impl std::fmt::Debug for CdbRules {
     }
 }
 
-impl CdbRules {
-    /// Opens a rules cdb.
-    pub fn open(path: impl AsRef<Path>) -> io::Result<CdbRules> {
-        let mut f = File::open(path)?;
-        let len = f.metadata()?.len();
-        if !(cdb::HEADER_LEN as u64..=u64::from(u32::MAX)).contains(&len) {
-            return Err(cdb::BadCdb.into());
+/// Why [`CdbRules::open`] gave no rules.
+#[derive(Debug)]
+pub enum CdbOpenError {
+    /// The file could not be opened or read (missing, unreadable, out of
+    /// descriptors or memory): nothing was read, so nothing new is known.
+    Unreadable(io::Error),
+    /// The file was read and is not a cdb (see [`cdb::Cdb::check_tables`]),
+    /// or is too big to be one.
+    Invalid(cdb::BadCdb),
+}
+
+impl From<CdbOpenError> for io::Error {
+    fn from(e: CdbOpenError) -> io::Error {
+        match e {
+            CdbOpenError::Unreadable(e) => e,
+            CdbOpenError::Invalid(e) => e.into(),
         }
-        let mut data = Vec::new();
-        // An error, not an abort, if memory is short (e.g. on SIGHUP).
-        data.try_reserve_exact(len as usize)
-            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        f.read_to_end(&mut data)?;
+    }
+}
+
+impl CdbRules {
+    /// Opens a rules cdb: reads it whole and checks that it is one.
+    pub fn open(path: impl AsRef<Path>) -> Result<CdbRules, CdbOpenError> {
+        let data = read_cdb_file(path.as_ref())?;
+        cdb::Cdb::new(&data)
+            .check_tables()
+            .map_err(CdbOpenError::Invalid)?;
         Ok(CdbRules(data))
     }
 
@@ -122,12 +140,30 @@ impl CdbRules {
     }
 }
 
+/// A rules file's bytes. A file of 4 GiB or more is not read: it cannot
+/// be a cdb (its offsets are 32 bits).
+fn read_cdb_file(path: &Path) -> Result<Vec<u8>, CdbOpenError> {
+    use CdbOpenError::Unreadable;
+    let mut f = File::open(path).map_err(Unreadable)?;
+    let len = f.metadata().map_err(Unreadable)?.len();
+    if len > u64::from(u32::MAX) {
+        return Err(CdbOpenError::Invalid(cdb::BadCdb));
+    }
+    let mut data = Vec::new();
+    // An error, not an abort, if memory is short (e.g. on SIGHUP).
+    data.try_reserve_exact(len as usize)
+        .map_err(|_| Unreadable(io::Error::from_raw_os_error(libc::ENOMEM)))?;
+    f.read_to_end(&mut data).map_err(Unreadable)?;
+    Ok(data)
+}
+
 impl Rules {
     /// Looks up one key (`uid/0`, `gid/default`, ...).
     pub fn lookup(&self, key: &str) -> io::Result<Decision> {
         match self {
             Rules::Dir(dir) => dir.lookup_uncached(key),
             Rules::Cdb(c) => c.lookup(key),
+            Rules::RefuseAll(e) => Err((*e).into()),
         }
     }
 
@@ -150,6 +186,7 @@ impl Rules {
         match self {
             Rules::Dir(d) => d.check_uidgid_as(uid, gid, euid, egid),
             Rules::Cdb(c) => check_uidgid_with(|k| c.lookup(k), uid, gid, euid, egid),
+            Rules::RefuseAll(e) => Err((*e).into()),
         }
     }
 }

@@ -459,6 +459,90 @@ fn sighup_with_the_cdb_gone_keeps_the_rules() {
     }
 }
 
+/// Compiles `rules` into the cdb `cdb` with our `s6-accessrules-cdb-from-fs`.
+fn compile_rules(rules: &std::path::Path, cdb: &std::path::Path) {
+    let out = common::run_cmd(
+        Command::new(ours("s6-accessrules-cdb-from-fs"))
+            .arg(cdb)
+            .arg(rules),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// Puts `bytes` at `path` by a rename, as an editor or `cdb-from-fs` does
+/// (the reference maps its cdb: rewriting it in place under the map would
+/// be another test).
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Whether a fresh connection is served (a list answered).
+fn served(d: &Daemon) -> bool {
+    Client::connect(&d.sock, Some(Instant::now() + Duration::from_secs(5)))
+        .and_then(|mut c| c.list(Some(Instant::now() + Duration::from_secs(5))))
+        .is_ok()
+}
+
+#[test]
+fn sighup_with_an_invalid_cdb_refuses_everyone() {
+    // "Revoke everyone by emptying the rules": a rules file that is not a
+    // valid cdb, installed and signalled, refuses every new connection, as
+    // the reference does (it maps whatever file it finds, and each lookup
+    // then fails or finds nothing). Ours says so once, at the SIGHUP. A
+    // valid cdb and another SIGHUP serve again. The empty file (0 bytes)
+    // is ours only: the reference cannot map it and keeps the old rules.
+    let mut cases: Vec<(Impl, &str, Vec<u8>)> = Vec::new();
+    for which in impls() {
+        cases.push((which, "echo > rules.cdb", b"\n".to_vec()));
+        cases.push((which, "2047 zero bytes", vec![0; 2047]));
+    }
+    cases.push((Impl::Ours, "an empty file", Vec::new()));
+    cases.push((Impl::Ours, "a cdb cut short", Vec::new()));
+    for (which, what, bytes) in cases {
+        let dir = common::TempDir::new("hupbad");
+        let rules = common::full_rules(dir.path());
+        let cdb = dir.join("rules.cdb");
+        compile_rules(&rules, &cdb);
+        let bytes = if what == "a cdb cut short" {
+            // The records and the header, the hash tables at the end gone.
+            let whole = std::fs::read(&cdb).unwrap();
+            whole[..whole.len() - 16].to_vec()
+        } else {
+            bytes
+        };
+        let good = std::fs::read(&cdb).unwrap();
+        let d = Daemon::with_rules(which, "-x", cdb.clone());
+        let mut kept = d.client();
+        kept.list(None).unwrap();
+        replace_file(&cdb, &bytes);
+        d.signal(Signal::HUP);
+        eventually(
+            &format!("{which:?}, {what}: every connection refused"),
+            || !served(&d),
+        );
+        assert!(!served(&d), "{which:?}, {what}");
+        if which == Impl::Ours {
+            assert!(
+                d.stderr().contains(&format!(
+                    "s6-fdholderd: warning: rules file {} is not a valid cdb: \
+                     refusing every connection until SIGHUP finds a valid one",
+                    cdb.display()
+                )),
+                "{what}: {}",
+                d.stderr()
+            );
+        }
+        // Rights are judged at accept: a client already in keeps its own.
+        kept.list(None).unwrap();
+        replace_file(&cdb, &good);
+        d.signal(Signal::HUP);
+        eventually(&format!("{which:?}, {what}: served again"), || served(&d));
+        assert!(d.terminate().is_some());
+    }
+}
+
 #[test]
 fn a_peer_gone_mid_answer_never_kills_the_daemon() {
     let d = Daemon::start(Impl::Ours);

@@ -81,6 +81,20 @@ impl<'a> Cdb<'a> {
         Ok((self.u32_at(pos)?, self.u32_at(pos + 4)?))
     }
 
+    /// Checks that the file is a cdb at all: a whole header, and each of
+    /// its 256 hash tables within the file. A file shorter than a header
+    /// (`echo > rules.cdb`), or a cdb cut short (its tables come last), is
+    /// not. Records are checked as they are read, by [`Cdb::find`].
+    pub fn check_tables(&self) -> Result<(), BadCdb> {
+        for x in (0..HEADER_LEN).step_by(8) {
+            let hpos = self.u32_at(x)?;
+            let hslots = self.u32_at(x + 4)?;
+            let len = hslots.checked_mul(8).ok_or(BadCdb)?;
+            self.slice(hpos, len)?;
+        }
+        Ok(())
+    }
+
     /// The data of the first record for `key`.
     pub fn find(&self, key: &[u8]) -> Result<Option<&'a [u8]>, BadCdb> {
         let h = key
@@ -391,8 +405,17 @@ mod tests {
         assert_eq!(all.len(), 3001);
         assert_eq!(all[7], (&b"uid/7"[..], &b"v7"[..]));
         assert_eq!(all[3000], (&b"uid/7"[..], &b"second"[..]));
+        assert_eq!(c.check_tables(), Ok(()));
         // Cut short: the tables point past the end, an error.
         let short = Cdb::new(&data[..2100]);
+        assert_eq!(short.check_tables(), Err(BadCdb));
+        assert_eq!(
+            Cdb::new(&data[..data.len() - 1]).check_tables(),
+            Err(BadCdb)
+        );
+        assert_eq!(Cdb::new(b"\n").check_tables(), Err(BadCdb));
+        assert_eq!(Cdb::new(&[0; 2047]).check_tables(), Err(BadCdb));
+        assert_eq!(Cdb::new(&[0; 2048]).check_tables(), Ok(()));
         assert_eq!(short.find(b"uid/7"), Err(BadCdb));
         assert!(short.records().any(|r| r == Err(BadCdb)));
         assert_eq!(
