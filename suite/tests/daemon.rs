@@ -714,3 +714,140 @@ fn corrupt_cdb_record_length_does_not_kill_the_daemon() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(alive, "the daemon died on a corrupt cdb record");
 }
+
+/// Whether a fresh connection to `d` is served (a list answered).
+fn served(d: &Daemon) -> bool {
+    let dl = || Some(Instant::now() + Duration::from_secs(5));
+    Client::connect(&d.sock, dl())
+        .and_then(|mut c| c.list(dl()))
+        .is_ok()
+}
+
+/// The implementations to compare: ours, and the reference when installed.
+fn impls() -> Vec<Impl> {
+    let mut v = vec![Impl::Ours];
+    if have_reference() {
+        v.push(Impl::Reference);
+    }
+    v
+}
+
+/// Whether `/` holds rules of its own (a `uid` or `gid` directory), which
+/// the `-i ''` tests need it not to.
+fn root_has_rules() -> bool {
+    let found = ["/uid", "/gid"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if found {
+        common::loud("/ holds a uid or gid directory: the -i '' tests need it without");
+    }
+    found
+}
+
+#[test]
+fn empty_rules_path_is_the_root_not_the_working_directory() {
+    // -i '': the reference looks up "" + "/" + key, i.e. /uid/<n>: the
+    // rules are read from /, never from the working directory. Here the
+    // working directory gives every right and / has no rules: refused.
+    if root_has_rules() {
+        return;
+    }
+    for which in impls() {
+        let tmp = common::tmpdir("emptyi");
+        let cwd = common::full_rules(&tmp);
+        let d = Daemon::start_with(
+            which,
+            Opts {
+                rules: Some(("-i", std::path::PathBuf::new())),
+                cwd: Some(&cwd),
+                ..Opts::default()
+            },
+        );
+        assert!(
+            !served(&d),
+            "{which:?}: rules read from the working directory"
+        );
+    }
+}
+
+/// Runs the daemon chrooted in `$1`, working directory `$2` (inside it),
+/// in a mount namespace of its own: `/usr` and the daemon's directory are
+/// bind-mounted into the new root (read-only), `/bin`, `/lib`... as on the
+/// host. The mounts never reach the host's namespace (private
+/// propagation) and go with the daemon's namespace.
+const CHROOT: &str = r#"set -e
+R=$1 C=$2; shift 2
+mkdir -p "$R/usr" "$R$C"
+mount --bind /usr "$R/usr"
+mount -o remount,bind,ro "$R/usr"
+for l in bin sbin lib lib64; do
+  if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "$R/$l"
+  elif [ -d "/$l" ]; then mkdir "$R/$l"; mount --bind "/$l" "$R/$l"; mount -o remount,bind,ro "$R/$l"
+  fi
+done
+B=${1%/*}
+mkdir -p "$R$B"
+mount --bind "$B" "$R$B"
+mount -o remount,bind,ro "$R$B"
+exec chroot "$R" /bin/sh -c 'cd "$0" && exec "$@"' "$C" "$@"
+"#;
+
+#[test]
+fn empty_rules_path_is_the_root_in_a_chroot() {
+    // The opposite arrangement, with a root of the test's own (nothing is
+    // written under the real /): the root gives every right, the working
+    // directory has no rules. Served, by both daemons.
+    if !common::is_root("a chroot in a mount namespace") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/unshare").exists() {
+        common::loud("unshare (util-linux) is missing");
+        return;
+    }
+    for which in impls() {
+        let root = common::tmpdir("chroot");
+        common::allow(
+            &root,
+            &format!("uid/{}", rustix::process::geteuid().as_raw()),
+            &[("S6_FDHOLDER_LIST", Some(""))],
+        );
+        let r = root.to_str().unwrap();
+        let wrap = [
+            "/usr/bin/unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "/bin/bash",
+            "-c",
+            CHROOT,
+            "chroot",
+            r,
+            "/work",
+        ];
+        let d = Daemon::start_with(
+            which,
+            Opts {
+                rules: Some(("-i", std::path::PathBuf::new())),
+                wrap: &wrap,
+                ..Opts::default()
+            },
+        );
+        assert!(
+            served(&d),
+            "{which:?}: rules not read from /: {}",
+            d.stderr()
+        );
+        // Only the rules of the root: the right it gives, and no other.
+        let f = file_with(&d.dir, "f", b"");
+        let mut c = d.client();
+        assert_eq!(
+            errno(c.store(f.as_fd(), b"x", None, None).unwrap_err()),
+            libc::EPERM,
+            "{which:?}"
+        );
+        drop(d);
+        // The mounts were the daemon's namespace's: none is left here.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(r), "{which:?}: a mount left behind");
+    }
+}

@@ -232,10 +232,14 @@ struct KeyPath {
 }
 
 impl KeyPath {
+    /// `DIR/key`, as the reference builds it: `DIR`, a slash, `key`,
+    /// whatever `DIR` is. So an empty `DIR` (`-i ''`) is the root, `/key`,
+    /// never a path relative to the working directory.
     fn new(dir: &Path, key: &str) -> KeyPath {
         let mut path = Vec::with_capacity(dir.as_os_str().len() + key.len() + 8);
-        push_component(&mut path, dir.as_os_str().as_bytes());
-        push_component(&mut path, key.as_bytes());
+        path.extend_from_slice(dir.as_os_str().as_bytes());
+        path.push(b'/');
+        path.extend_from_slice(key.as_bytes());
         let base = path.len();
         KeyPath { path, base }
     }

@@ -137,6 +137,12 @@ pub struct Opts<'a> {
     /// RLIMIT_NOFILE for the daemon (via `bash -c ulimit -n`), which then
     /// starts with only fds 0, 1 and 2.
     pub nofile: Option<u32>,
+    /// A command that runs the daemon, its path and arguments appended
+    /// (e.g. a shell that opens descriptors first, or enters a chroot);
+    /// after the `nofile` set-up when both are given. Empty: none.
+    pub wrap: &'a [&'a str],
+    /// The daemon's working directory (default: the test's).
+    pub cwd: Option<&'a Path>,
 }
 
 impl Default for Opts<'_> {
@@ -146,6 +152,8 @@ impl Default for Opts<'_> {
             rules: None,
             stderr_file: true,
             nofile: None,
+            wrap: &[],
+            cwd: None,
         }
     }
 }
@@ -192,6 +200,17 @@ impl Daemon {
         listener.set_nonblocking(true).unwrap();
         let (rflag, rpath) = o.rules.unwrap_or_else(|| ("-i", full_rules(&dir)));
         let daemon = prog(which, "s6-fdholderd");
+        // The program to run: the daemon, or the wrapper, which is given
+        // the daemon (and from here on is what `daemon` names).
+        let (first, then): (PathBuf, Vec<&OsStr>) = match o.wrap.split_first() {
+            None => (daemon.clone(), Vec::new()),
+            Some((w, rest)) => {
+                let mut then: Vec<&OsStr> = rest.iter().map(OsStr::new).collect();
+                then.push(daemon.as_os_str());
+                (PathBuf::from(w), then)
+            }
+        };
+        let daemon = first;
         let mut cmd = match o.nofile {
             None => Command::new(&daemon),
             Some(n) => {
@@ -207,6 +226,10 @@ impl Daemon {
                 c
             }
         };
+        cmd.args(then);
+        if let Some(cwd) = o.cwd {
+            cmd.current_dir(cwd);
+        }
         cmd.arg("-1").args(o.args).arg(rflag).arg(&rpath);
         cmd.stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::piped());
