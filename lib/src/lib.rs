@@ -7,7 +7,11 @@
 //! - [`tain`]: TAI64N time as it travels on the wire;
 //! - [`wire`]: message framing with `SCM_RIGHTS` descriptors;
 //! - [`proto`]: requests and answers of the fd-holder protocol;
-//! - [`client`]: the client ([`Client`]).
+//! - [`client`]: the client ([`Client`]);
+//! - [`restart`]: zero-downtime restart helpers ([`restart::Holder`]):
+//!   a listener or a memfd from the holder, else created and stored;
+//! - [`launch`]: descriptors passed by the launcher (systemd's
+//!   `LISTEN_FDS`, `s6-fdholder-getdump`'s `S6_FD_i`).
 //!
 //! The daemon, its rules and the command-line programs are in the
 //! `fdholder-suite` crate, which uses this one for everything it says on the
@@ -40,12 +44,28 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`restart::Holder`] does all of that in one call, races between two
+//! instances starting at once and stale Unix socket files included, with a
+//! typed error ([`restart::Error`]); with [`restart::Holder::inherit`] it
+//! takes what systemd or `s6-fdholder-getdump` passed first ([`launch`]):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), fdholder::restart::Error> {
+//! let holder = fdholder::restart::Holder::new("/run/fdholder/s").inherit();
+//! let (listener, _origin) = holder.unix_listener(b"myservice/listen", "/run/myservice.sock")?;
+//! # drop(listener);
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod launch;
 pub mod proto;
+pub mod restart;
 pub mod tain;
 pub mod wire;
 

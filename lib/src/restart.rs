@@ -1,0 +1,724 @@
+//! Zero-downtime restarts: take a listening socket (or a memfd of saved
+//! state) back from the holder, or create it and hand the holder a copy.
+//!
+//! A [`Holder`] names the holder's socket, a deadline and an expiry; each of
+//! its helpers does one short exchange and returns the descriptor:
+//!
+//! 1. with [`Holder::inherit`], a descriptor of that name passed by the
+//!    launcher (see [`crate::launch`]) is taken first;
+//! 2. else it connects to the holder and retrieves the id: when the holder
+//!    holds it, that is the very socket the previous instance served on;
+//! 3. else (`ENOENT`) it creates the descriptor (binds, or `memfd_create`),
+//!    stores a copy under the id, and returns it;
+//! 4. it drops the connection before returning: a service never keeps one of
+//!    the holder's connection slots for its life.
+//!
+//! # Races
+//!
+//! Two instances that start at once may both find nothing held and both
+//! create. The holder takes the first store; the second gets `EBUSY`: that
+//! instance then drops what it created and retrieves the first one's, so
+//! both serve on the one socket (its [`Origin`] is then [`Origin::Held`]).
+//! When the second cannot even bind because the first is listening on the
+//! address (`EADDRINUSE`), it retrieves the first one's once stored,
+//! retrying for up to a second (less if the deadline is nearer); past that
+//! the address is someone else's and the error is [`Error::Io`].
+//!
+//! # The Unix socket path rule
+//!
+//! [`Holder::unix_listener`] never removes or rebinds a path the holder
+//! still serves: when the holder holds the id, its socket is returned and
+//! the path is not touched at all. Only when the holder does not hold it and
+//! the bind fails with `EADDRINUSE` does it consider removing what is at the
+//! path, and only if that is a socket (not a symlink, not a regular file)
+//! on which a connect attempt is refused (`ECONNREFUSED`): no process
+//! listens on it, it is a leftover of a process that is gone. A socket that
+//! accepts, or whose backlog is full, or that cannot be tried (`EACCES`...)
+//! is left alone, and the error is [`Error::Io`] (`EADDRINUSE`). Instances
+//! using this module serialise that check, the removal, the bind and the
+//! store with an exclusive `flock` on the path's directory (taken within the
+//! deadline), so that one cannot remove the socket another has just bound.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use fdholder::restart::{Holder, Origin};
+//!
+//! # fn main() -> Result<(), fdholder::restart::Error> {
+//! let holder = Holder::new("/run/fdholder/s")
+//!     .deadline(Instant::now() + Duration::from_secs(5));
+//! let (listener, origin) = holder.tcp_listener(b"web/listen", "127.0.0.1:8080")?;
+//! if origin == Origin::Created {
+//!     eprintln!("first start: bound 127.0.0.1:8080");
+//! }
+//! // ... serve on `listener`; exit at any time: the next start gets it back.
+//! # drop(listener);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::client::{Client, Deadline};
+use crate::launch::{self, Launcher};
+use crate::proto;
+use crate::tain::Tain;
+
+/// Why a restart helper failed.
+///
+/// Convert it into an [`io::Error`] with `?` in a function returning
+/// `io::Result` (refusals become `EPERM`, `ENOENT`, `ETIMEDOUT`).
+///
+/// # Example
+///
+/// ```no_run
+/// use fdholder::restart::{Error, Holder};
+///
+/// match Holder::new("/run/fdholder/s").memfd(b"state", "state") {
+///     Ok((file, _origin)) => drop(file),
+///     Err(Error::Unreachable(e)) => eprintln!("no holder ({e}): state will not survive"),
+///     Err(Error::Refused) => eprintln!("the holder's rules refuse this id"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The holder's rules refuse this request for this id (it answered
+    /// `EPERM`).
+    Refused,
+    /// The holder holds nothing under the id (it answered `ENOENT`) where
+    /// something had to be (after losing a store race, the winner's
+    /// descriptor was gone before it could be retrieved).
+    NotHeld,
+    /// The holder cannot be reached: connecting to its socket failed (no
+    /// such path, `ECONNREFUSED`: nobody listens, `EACCES`...).
+    Unreachable(io::Error),
+    /// The deadline passed.
+    TimedOut,
+    /// The holder holds a descriptor under the id, but not of the kind
+    /// asked for (say, a UDP socket where a TCP listener was expected).
+    /// Delete the id to start afresh.
+    Mismatch {
+        /// What was expected: `"TCP listener"`, `"Unix listener"`, `"UDP
+        /// socket"`, `"regular file"`.
+        expected: &'static str,
+    },
+    /// Any other I/O error: binding, `memfd_create`, the holder's connection
+    /// breaking, another errno from the holder (`ENFILE`: it is full).
+    Io(io::Error),
+}
+
+fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw_os_error)
+}
+
+impl Error {
+    /// A failure to connect to the holder.
+    fn connecting(e: io::Error) -> Error {
+        match errno(&e) {
+            Some(Errno::TIMEDOUT) => Error::TimedOut,
+            _ => Error::Unreachable(e),
+        }
+    }
+
+    /// A failure of a request to the holder.
+    fn request(e: io::Error) -> Error {
+        match errno(&e) {
+            Some(Errno::PERM) => Error::Refused,
+            Some(Errno::NOENT) => Error::NotHeld,
+            Some(Errno::TIMEDOUT) => Error::TimedOut,
+            _ => Error::Io(e),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Refused => f.write_str("the fd holder refused the request (EPERM)"),
+            Error::NotHeld => f.write_str("the fd holder holds nothing under this id"),
+            Error::Unreachable(e) => write!(f, "cannot reach the fd holder: {e}"),
+            Error::TimedOut => f.write_str("the deadline passed"),
+            Error::Mismatch { expected } => {
+                write!(f, "the fd holder holds something other than a {expected}")
+            }
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Unreachable(e) | Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Refused => Errno::PERM.into(),
+            Error::NotHeld => Errno::NOENT.into(),
+            Error::TimedOut => Errno::TIMEDOUT.into(),
+            Error::Mismatch { .. } => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            Error::Unreachable(e) | Error::Io(e) => e,
+        }
+    }
+}
+
+/// Where a helper's descriptor came from.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::io::{Read, Seek};
+/// use fdholder::restart::{Holder, Origin};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let (mut state, origin) = Holder::new("/run/fdholder/s").memfd(b"app/state", "state")?;
+/// let mut saved = Vec::new();
+/// if origin != Origin::Created {
+///     state.rewind()?; // the offset is shared with the previous instance
+///     state.read_to_end(&mut saved)?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The holder held it: an earlier instance created it.
+    Held,
+    /// Created now, and a copy stored in the holder.
+    Created,
+    /// Passed by the launcher (only with [`Holder::inherit`]).
+    Inherited(Launcher),
+}
+
+/// How to reach the holder: its socket, a deadline, an expiry. Each helper
+/// connects, does its exchange and disconnects before returning.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::{Duration, Instant};
+/// use fdholder::restart::Holder;
+///
+/// # fn main() -> Result<(), fdholder::restart::Error> {
+/// let holder = Holder::new("/run/fdholder/s")
+///     .deadline(Instant::now() + Duration::from_secs(5))
+///     .expiry(Duration::from_secs(3600))
+///     .inherit();
+/// let (listener, _) = holder.unix_listener(b"app/listen", "/run/app.sock")?;
+/// # drop(listener);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Holder {
+    path: PathBuf,
+    deadline: Deadline,
+    expiry: Option<Duration>,
+    inherit: bool,
+}
+
+/// How long an instance that cannot bind (`EADDRINUSE`) waits for the
+/// instance that did to store its socket.
+const IN_USE_WAIT: Duration = Duration::from_secs(1);
+/// Pause between two tries while waiting.
+const PAUSE: Duration = Duration::from_millis(5);
+
+impl Holder {
+    /// The holder listening on `path`; no deadline, no expiry, the
+    /// environment not looked at.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// # drop(holder);
+    /// ```
+    pub fn new(path: impl Into<PathBuf>) -> Holder {
+        Holder {
+            path: path.into(),
+            deadline: None,
+            expiry: None,
+            inherit: false,
+        }
+    }
+
+    /// Gives up with [`Error::TimedOut`] once `deadline` passes (for the
+    /// whole of each helper's exchange with the holder). Without one, a
+    /// helper waits for the holder as long as it takes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s")
+    ///     .deadline(Instant::now() + Duration::from_secs(5));
+    /// # drop(holder);
+    /// ```
+    pub fn deadline(mut self, deadline: Instant) -> Holder {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Stores what is created with this expiry, counted from the store: the
+    /// holder closes it then. Without one, it is held until deleted.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s")
+    ///     .expiry(Duration::from_secs(3600));
+    /// # drop(holder);
+    /// ```
+    pub fn expiry(mut self, expiry: Duration) -> Holder {
+        self.expiry = Some(expiry);
+        self
+    }
+
+    /// Takes a descriptor passed by the launcher under the helper's id
+    /// first, before asking the holder (see [`crate::launch`]: systemd's
+    /// `LISTEN_FDS`, `s6-fdholder-getdump`'s `S6_FD_i`). It is a copy
+    /// (`pidfd_getfd`): the inherited descriptor itself stays open.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s").inherit();
+    /// # drop(holder);
+    /// ```
+    pub fn inherit(mut self) -> Holder {
+        self.inherit = true;
+        self
+    }
+
+    /// A TCP listener on `addr`, from the holder under `id`, or bound now
+    /// (with `SO_REUSEADDR`, as [`TcpListener::bind`] does) and stored.
+    ///
+    /// A held listener is returned whatever address it listens on: to move
+    /// to another address, delete the id first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] when the holder cannot be reached,
+    /// [`Error::Refused`] when its rules refuse retrieving or storing `id`,
+    /// [`Error::TimedOut`] past the deadline, [`Error::Mismatch`] when the
+    /// holder holds something else under `id`, [`Error::Io`] when binding
+    /// fails (`EADDRINUSE` after [the wait](self#races)) or for an invalid
+    /// id (`EINVAL`, `ENAMETOOLONG`).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (listener, _origin) = holder.tcp_listener(b"web/listen", "[::]:8080")?;
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tcp_listener(
+        &self,
+        id: &[u8],
+        addr: impl ToSocketAddrs,
+    ) -> Result<(TcpListener, Origin), Error> {
+        let (fd, origin) = self.take_or(id, check_tcp_listener, "TCP listener", &mut || {
+            TcpListener::bind(&addr).map(OwnedFd::from)
+        })?;
+        Ok((TcpListener::from(fd), origin))
+    }
+
+    /// A UDP socket bound to `addr`, from the holder under `id`, or bound
+    /// now and stored.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::tcp_listener`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (sock, _origin) = holder.udp_socket(b"dns/udp", "127.0.0.1:5353")?;
+    /// # drop(sock);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn udp_socket(
+        &self,
+        id: &[u8],
+        addr: impl ToSocketAddrs,
+    ) -> Result<(UdpSocket, Origin), Error> {
+        let (fd, origin) = self.take_or(id, check_udp, "UDP socket", &mut || {
+            UdpSocket::bind(&addr).map(OwnedFd::from)
+        })?;
+        Ok((UdpSocket::from(fd), origin))
+    }
+
+    /// A Unix stream listener on `path`, from the holder under `id`, or
+    /// bound now and stored, following [the path rule](self#the-unix-socket-path-rule):
+    /// a held listener's path is never touched; a socket file at `path` is
+    /// removed before binding only when a connect to it is refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::tcp_listener`]; [`Error::Io`] with `EADDRINUSE` when
+    /// something that is not a stale socket is at `path`, or with the
+    /// error of opening or locking `path`'s directory.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (listener, _origin) = holder.unix_listener(b"app/listen", "/run/app.sock")?;
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn unix_listener(
+        &self,
+        id: &[u8],
+        path: impl AsRef<Path>,
+    ) -> Result<(UnixListener, Origin), Error> {
+        let path = path.as_ref();
+        let checker: Checker = check_unix_listener;
+        let what = "Unix listener";
+        if let Some(got) = self.inherited(id, checker, what)? {
+            return Ok((UnixListener::from(got.0), got.1));
+        }
+        let mut holder = self.connect()?;
+        if let Some(fd) = self.retrieve(&mut holder, id, checker, what)? {
+            return Ok((UnixListener::from(fd), Origin::Held));
+        }
+        // Not held: lock the directory, then look again (another instance
+        // may have stored it meanwhile) before touching the path.
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let _lock = self.lock_dir(dir)?;
+        if let Some(fd) = self.retrieve(&mut holder, id, checker, what)? {
+            return Ok((UnixListener::from(fd), Origin::Held));
+        }
+        let (fd, origin) = self.create_and_store(&mut holder, id, checker, what, &mut || {
+            bind_unix(path).map(OwnedFd::from)
+        })?;
+        Ok((UnixListener::from(fd), origin))
+    }
+
+    /// A memfd (`memfd_create(name)`, close-on-exec) for state to keep
+    /// across restarts, from the holder under `id`, or created now (empty)
+    /// and stored. A held one is the very same open file: its offset is
+    /// where the previous instance left it (seek before reading), and what
+    /// it wrote is there.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::tcp_listener`] ([`Error::Mismatch`] when what is held
+    /// is not a regular file); [`Error::Io`] when `memfd_create` fails.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    /// # fn main() -> std::io::Result<()> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (mut state, _origin) = holder.memfd(b"app/state", "app-state")?;
+    /// state.write_all(b"counter=1\n")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn memfd(&self, id: &[u8], name: &str) -> Result<(File, Origin), Error> {
+        let (fd, origin) = self.take_or(id, check_file, "regular file", &mut || {
+            rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).map_err(io::Error::from)
+        })?;
+        Ok((File::from(fd), origin))
+    }
+
+    /// The general helper: the descriptor held under `id`, or the one
+    /// `create` makes, stored now. No check of what is held is made.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::tcp_listener`], [`Error::Io`] with `create`'s error.
+    /// `create`'s `EADDRINUSE` starts [the wait](self#races).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::os::fd::OwnedFd;
+    /// # fn main() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (fd, _origin) = holder.take_or_store(b"app/log", || {
+    ///     Ok(OwnedFd::from(std::fs::File::create("/tmp/app.log")?))
+    /// })?;
+    /// # drop(fd);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn take_or_store(
+        &self,
+        id: &[u8],
+        create: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> Result<(OwnedFd, Origin), Error> {
+        let mut create = Some(create);
+        self.take_or(
+            id,
+            |_| Ok(true),
+            "descriptor",
+            &mut || match create.take() {
+                Some(f) => f(),
+                None => Err(Errno::INVAL.into()),
+            },
+        )
+    }
+
+    fn connect(&self) -> Result<Client, Error> {
+        Client::connect(&self.path, self.deadline).map_err(Error::connecting)
+    }
+
+    fn inherited(
+        &self,
+        id: &[u8],
+        checker: Checker,
+        what: &'static str,
+    ) -> Result<Option<(OwnedFd, Origin)>, Error> {
+        proto::check_id(id).map_err(Error::Io)?;
+        if !self.inherit {
+            return Ok(None);
+        }
+        let passed = launch::passed().map_err(Error::Io)?;
+        match passed.iter().find(|p| p.name == id) {
+            None => Ok(None),
+            Some(p) => {
+                let fd = p.duplicate().map_err(Error::Io)?;
+                verify(&fd, checker, what)?;
+                Ok(Some((fd, Origin::Inherited(p.launcher))))
+            }
+        }
+    }
+
+    /// `Some` when held, `None` when not (`ENOENT`).
+    fn retrieve(
+        &self,
+        holder: &mut Client,
+        id: &[u8],
+        checker: Checker,
+        what: &'static str,
+    ) -> Result<Option<OwnedFd>, Error> {
+        match holder.retrieve(id, self.deadline) {
+            Ok(fd) => {
+                verify(&fd, checker, what)?;
+                Ok(Some(fd))
+            }
+            Err(e) if errno(&e) == Some(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::request(e)),
+        }
+    }
+
+    fn take_or(
+        &self,
+        id: &[u8],
+        checker: Checker,
+        what: &'static str,
+        create: &mut dyn FnMut() -> io::Result<OwnedFd>,
+    ) -> Result<(OwnedFd, Origin), Error> {
+        if let Some(got) = self.inherited(id, checker, what)? {
+            return Ok(got);
+        }
+        let mut holder = self.connect()?;
+        if let Some(fd) = self.retrieve(&mut holder, id, checker, what)? {
+            return Ok((fd, Origin::Held));
+        }
+        self.create_and_store(&mut holder, id, checker, what, create)
+    }
+
+    fn create_and_store(
+        &self,
+        holder: &mut Client,
+        id: &[u8],
+        checker: Checker,
+        what: &'static str,
+        create: &mut dyn FnMut() -> io::Result<OwnedFd>,
+    ) -> Result<(OwnedFd, Origin), Error> {
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(e) if errno(&e) == Some(Errno::ADDRINUSE) => {
+                return self.wait_held(holder, id, checker, what, e);
+            }
+            Err(e) => return Err(Error::Io(e)),
+        };
+        let limit = self
+            .expiry
+            .map(|d| Tain::from_system_time(SystemTime::now() + d));
+        match holder.store(fd.as_fd(), id, limit, self.deadline) {
+            Ok(()) => Ok((fd, Origin::Created)),
+            Err(e) if errno(&e) == Some(Errno::BUSY) => {
+                // Another instance stored first: serve on its descriptor.
+                drop(fd);
+                match self.retrieve(holder, id, checker, what)? {
+                    Some(fd) => Ok((fd, Origin::Held)),
+                    None => Err(Error::NotHeld),
+                }
+            }
+            Err(e) => Err(Error::request(e)),
+        }
+    }
+
+    /// The address is in use: wait (bounded) for its owner to store it.
+    fn wait_held(
+        &self,
+        holder: &mut Client,
+        id: &[u8],
+        checker: Checker,
+        what: &'static str,
+        in_use: io::Error,
+    ) -> Result<(OwnedFd, Origin), Error> {
+        let mut end = Instant::now() + IN_USE_WAIT;
+        if let Some(d) = self.deadline {
+            end = end.min(d);
+        }
+        loop {
+            if let Some(fd) = self.retrieve(holder, id, checker, what)? {
+                return Ok((fd, Origin::Held));
+            }
+            if Instant::now() >= end {
+                return Err(Error::Io(in_use));
+            }
+            std::thread::sleep(PAUSE);
+        }
+    }
+
+    /// An exclusive `flock` on `dir`, taken within the deadline.
+    fn lock_dir(&self, dir: &Path) -> Result<File, Error> {
+        use rustix::fs::FlockOperation;
+        let f = File::open(dir).map_err(Error::Io)?;
+        loop {
+            let op = match self.deadline {
+                None => FlockOperation::LockExclusive,
+                Some(_) => FlockOperation::NonBlockingLockExclusive,
+            };
+            match rustix::fs::flock(&f, op) {
+                Ok(()) => return Ok(f),
+                Err(Errno::INTR) => {}
+                Err(Errno::WOULDBLOCK) => {
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::TimedOut);
+                    }
+                    std::thread::sleep(PAUSE);
+                }
+                Err(e) => return Err(Error::Io(e.into())),
+            }
+        }
+    }
+}
+
+/// Whether a descriptor is of the kind asked for.
+type Checker = fn(&OwnedFd) -> io::Result<bool>;
+
+fn verify(fd: &OwnedFd, checker: Checker, expected: &'static str) -> Result<(), Error> {
+    match checker(fd) {
+        Ok(true) => Ok(()),
+        // ENOTSOCK and the like: not a socket at all.
+        Ok(false) | Err(_) => Err(Error::Mismatch { expected }),
+    }
+}
+
+fn is_socket(
+    fd: &OwnedFd,
+    families: &[AddressFamily],
+    ty: SocketType,
+    listening: bool,
+) -> io::Result<bool> {
+    use rustix::net::sockopt;
+    Ok(families.contains(&sockopt::socket_domain(fd)?)
+        && sockopt::socket_type(fd)? == ty
+        && (!listening || sockopt::socket_acceptconn(fd)?))
+}
+
+fn check_tcp_listener(fd: &OwnedFd) -> io::Result<bool> {
+    is_socket(
+        fd,
+        &[AddressFamily::INET, AddressFamily::INET6],
+        SocketType::STREAM,
+        true,
+    )
+}
+
+fn check_udp(fd: &OwnedFd) -> io::Result<bool> {
+    is_socket(
+        fd,
+        &[AddressFamily::INET, AddressFamily::INET6],
+        SocketType::DGRAM,
+        false,
+    )
+}
+
+fn check_unix_listener(fd: &OwnedFd) -> io::Result<bool> {
+    is_socket(fd, &[AddressFamily::UNIX], SocketType::STREAM, true)
+}
+
+fn check_file(fd: &OwnedFd) -> io::Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+}
+
+/// Binds `path`; when that is in use, removes it first only if it is a
+/// stale socket (see the module's path rule).
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if !is_stale(path)? {
+                return Err(e);
+            }
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            UnixListener::bind(path)
+        }
+        r => r,
+    }
+}
+
+/// Whether `path` is a socket nobody listens on: a connect is refused.
+fn is_stale(path: &Path) -> io::Result<bool> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        // Gone meanwhile: nothing to remove, the bind may be retried.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if !md.file_type().is_socket() {
+        return Ok(false);
+    }
+    let addr = SocketAddrUnix::new(path)?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    Ok(rustix::net::connect(&sock, &addr) == Err(Errno::CONNREFUSED))
+}
