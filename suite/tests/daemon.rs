@@ -461,11 +461,22 @@ fn cdb_rules_and_sighup_reload() {
     d.signal(rustix::process::Signal::HUP);
     std::thread::sleep(Duration::from_millis(200));
     assert!(d.client().list(None).is_err());
-    // A broken cdb on SIGHUP keeps the previous rules, with a warning.
+    // A file that is not a cdb on SIGHUP refuses everyone (fail closed),
+    // with a warning; one that cannot be read keeps the previous rules,
+    // with another (faults.rs has both, allow rules before).
     std::fs::write(&cdb, b"garbage").unwrap();
     d.signal(rustix::process::Signal::HUP);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(d.client().list(None).is_err(), "still the deny rule");
+    assert!(d.client().list(None).is_err(), "refused");
+    assert!(
+        d.stderr().contains("warning: rules file") && d.stderr().contains("is not a valid cdb"),
+        "{}",
+        d.stderr()
+    );
+    std::fs::remove_file(&cdb).unwrap();
+    d.signal(rustix::process::Signal::HUP);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.client().list(None).is_err(), "still refused");
     assert!(
         d.stderr().contains("warning: unable to reload rules"),
         "{}",
