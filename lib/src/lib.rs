@@ -11,7 +11,9 @@
 //! - [`restart`]: zero-downtime restart helpers ([`restart::Holder`]):
 //!   a listener or a memfd from the holder, else created and stored;
 //! - [`launch`]: descriptors passed by the launcher (systemd's
-//!   `LISTEN_FDS`, `s6-fdholder-getdump`'s `S6_FD_i`).
+//!   `LISTEN_FDS`, `s6-fdholder-getdump`'s `S6_FD_i`);
+//! - `asynchronous` (cargo feature `tokio`): an async client for tokio
+//!   (`AsyncClient`), every request of [`Client`].
 //!
 //! The daemon, its rules and the command-line programs are in the
 //! `fdholder-suite` crate, which uses this one for everything it says on the
@@ -62,6 +64,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
 pub mod client;
 pub mod launch;
 pub mod proto;

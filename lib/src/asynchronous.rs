@@ -1,0 +1,487 @@
+//! An async client for tokio (cargo feature `tokio`): every request of the
+//! blocking [`Client`](crate::Client), on tokio's reactor, with
+//! the same framing ([`crate::wire`]) and requests ([`crate::proto`]).
+//!
+//! The socket is a [`tokio::net::UnixStream`] used for its readiness only
+//! (`readable`, `writable`, `try_io`): the bytes and descriptors go through
+//! [`crate::wire`]'s `sendmsg`/`recvmsg`. (Not `tokio::io::unix::AsyncFd`:
+//! since tokio 1.54 its safe constructors are deprecated as unsound and
+//! registering is `unsafe`, which this crate forbids.)
+//!
+//! The futures are `Send`: the client works on the multi-threaded runtime.
+//! The calls take no deadline: wrap them in `tokio::time::timeout`.
+//!
+//! # Cancellation
+//!
+//! [`AsyncClient::connect`] is cancellation-safe (a dropped future leaves
+//! nothing behind). **No request is**: a request future dropped before it
+//! completes (a `timeout` that fires, a `select!` branch not taken) may
+//! leave a request half written, or an answer (and its descriptors) unread,
+//! and the connection's protocol state is unknown. The client then refuses
+//! further requests with an error (`io::ErrorKind::Other`, "an earlier
+//! request did not complete"): drop it and connect again. The same holds
+//! after an I/O error in the middle of an exchange. A request the daemon
+//! refuses (`EPERM`, `ENOENT`, `EBUSY`...) leaves the client usable.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::os::fd::AsFd;
+//! use std::time::Duration;
+//! use fdholder::asynchronous::AsyncClient;
+//!
+//! # async fn f() -> std::io::Result<()> {
+//! let mut c = AsyncClient::connect("/run/fdholder/s").await?;
+//! let file = std::fs::File::open("/etc/hostname")?;
+//! c.store(file.as_fd(), b"hostname", None).await?;
+//! let ids = tokio::time::timeout(Duration::from_secs(5), c.list())
+//!     .await
+//!     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+//! # drop(ids);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::io::Errno;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use crate::client::{DumpEntry, DumpEntryRef};
+use crate::proto;
+use crate::tain::Tain;
+use crate::wire::{self, MAX_FDS, Receiver, Sender};
+
+/// A connection to an fd-holding daemon, for tokio.
+#[derive(Debug)]
+pub struct AsyncClient {
+    sock: UnixStream,
+    rx: Receiver,
+    /// A request started and did not finish: the protocol state is unknown.
+    broken: bool,
+}
+
+fn broken() -> io::Error {
+    io::Error::other("fdholder: an earlier request did not complete: drop this client")
+}
+
+impl AsyncClient {
+    /// Connects to the daemon listening on `path`.
+    ///
+    /// # Errors
+    ///
+    /// The connect's: `ENOENT` (no such path), `ECONNREFUSED` (nobody
+    /// listens), `EACCES`...; an error registering with the runtime (no
+    /// tokio runtime with I/O enabled).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// let c = fdholder::asynchronous::AsyncClient::connect("/run/fdholder/s").await?;
+    /// # drop(c);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<AsyncClient> {
+        Ok(AsyncClient::from_stream(UnixStream::connect(path).await?))
+    }
+
+    /// Uses `sock`, a stream socket already connected to a daemon (made
+    /// non-blocking here).
+    ///
+    /// # Errors
+    ///
+    /// From `fcntl` or registering with the runtime.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// let s = std::os::unix::net::UnixStream::connect("/run/fdholder/s")?;
+    /// let c = fdholder::asynchronous::AsyncClient::from_fd(s.into())?;
+    /// # drop(c);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_fd(sock: OwnedFd) -> io::Result<AsyncClient> {
+        let fl = rustix::fs::fcntl_getfl(&sock)?;
+        if !fl.contains(rustix::fs::OFlags::NONBLOCK) {
+            rustix::fs::fcntl_setfl(&sock, fl | rustix::fs::OFlags::NONBLOCK)?;
+        }
+        let std = std::os::unix::net::UnixStream::from(sock);
+        Ok(AsyncClient::from_stream(UnixStream::from_std(std)?))
+    }
+
+    fn from_stream(sock: UnixStream) -> AsyncClient {
+        AsyncClient {
+            sock,
+            rx: Receiver::new(wire::MAX_LEN),
+            broken: false,
+        }
+    }
+
+    /// Gives the connection back (deregistered from the runtime, still
+    /// non-blocking).
+    ///
+    /// # Errors
+    ///
+    /// From deregistering.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// let c = fdholder::asynchronous::AsyncClient::connect("/run/fdholder/s").await?;
+    /// let blocking = fdholder::Client::from_fd(c.into_fd()?);
+    /// # drop(blocking);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(OwnedFd::from(self.sock.into_std()?))
+    }
+
+    fn begin(&mut self) -> io::Result<()> {
+        if self.broken {
+            return Err(broken());
+        }
+        self.broken = true;
+        Ok(())
+    }
+
+    async fn send(&mut self, payload: Vec<u8>, fds: Vec<BorrowedFd<'_>>) -> io::Result<()> {
+        let mut tx = Sender::new();
+        tx.push(payload, fds);
+        // Most requests go out in one write, with no readiness wait.
+        if tx.flush(self.sock.as_fd())? {
+            return Ok(());
+        }
+        loop {
+            self.sock.writable().await?;
+            // try_io clears the readiness when the socket would block.
+            let sock = &self.sock;
+            match sock.try_io(Interest::WRITABLE, || match tx.flush(sock.as_fd()) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            }) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        loop {
+            if let Some((payload, fds)) = self.rx.take_message()? {
+                return Ok((payload.to_vec(), fds));
+            }
+            self.sock.readable().await?;
+            let (sock, rx) = (&self.sock, &mut self.rx);
+            // try_io clears the readiness when the socket would block.
+            match sock.try_io(Interest::READABLE, || rx.fill(sock.as_fd())) {
+                Ok(0) => return Err(Errno::PIPE.into()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Receives the last answer of an exchange: a one-byte status, no fds.
+    async fn recv_status(&mut self) -> io::Result<()> {
+        let (ans, fds) = self.recv().await?;
+        self.broken = false;
+        let rest = proto::answer_error(&ans)?;
+        if !rest.is_empty() || !fds.is_empty() {
+            return Err(proto::eproto());
+        }
+        Ok(())
+    }
+
+    /// Stores a copy of `fd` under `id`, until `limit` (`None`: no
+    /// expiry). Not cancellation-safe (see the [module](self)).
+    ///
+    /// # Errors
+    ///
+    /// The daemon's errno: `EPERM` (the rules), `EBUSY` (`id` is held),
+    /// `ENFILE` (it is full); `EINVAL`/`ENAMETOOLONG` for a bad id; I/O
+    /// errors (`EPIPE`: the daemon went), `EPROTO` for a malformed answer.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsFd;
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// let l = std::net::TcpListener::bind("127.0.0.1:8080")?;
+    /// c.store(l.as_fd(), b"web", None).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn store(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        id: &[u8],
+        limit: Option<Tain>,
+    ) -> io::Result<()> {
+        proto::check_id(id)?;
+        self.begin()?;
+        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
+        self.send(proto::store(id, limit), vec![fd]).await?;
+        self.recv_status().await
+    }
+
+    /// Deletes (and closes, in the daemon) the fd held under `id`. Not
+    /// cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// `EPERM`, `ENOENT` (nothing held), as [`AsyncClient::store`] else.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// c.delete(b"web").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete(&mut self, id: &[u8]) -> io::Result<()> {
+        proto::check_id(id)?;
+        self.begin()?;
+        self.send(proto::delete(id), vec![]).await?;
+        self.recv_status().await
+    }
+
+    async fn retrieve_maybe_delete(&mut self, id: &[u8], delete: bool) -> io::Result<OwnedFd> {
+        proto::check_id(id)?;
+        self.begin()?;
+        self.send(proto::retrieve(id, delete), vec![]).await?;
+        let (ans, mut fds) = self.recv().await?;
+        self.broken = false;
+        let rest = proto::answer_error(&ans)?;
+        match (rest.is_empty(), fds.pop(), fds.is_empty()) {
+            (true, Some(fd), true) => Ok(fd),
+            _ => Err(proto::eproto()),
+        }
+    }
+
+    /// Gets a copy of the fd held under `id`. Not cancellation-safe: a
+    /// dropped future may leave the descriptor unread in the connection.
+    ///
+    /// # Errors
+    ///
+    /// `EPERM`, `ENOENT` (nothing held), as [`AsyncClient::store`] else.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// let l = std::net::TcpListener::from(c.retrieve(b"web").await?);
+    /// # drop(l);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn retrieve(&mut self, id: &[u8]) -> io::Result<OwnedFd> {
+        self.retrieve_maybe_delete(id, false).await
+    }
+
+    /// Gets the fd held under `id` and deletes it from the daemon (needs
+    /// both the retrieve and the store right). Not cancellation-safe: a
+    /// dropped future may lose the descriptor (deleted, never read).
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClient::retrieve`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// let fd = c.retrieve_delete(b"web").await?;
+    /// # drop(fd);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn retrieve_delete(&mut self, id: &[u8]) -> io::Result<OwnedFd> {
+        self.retrieve_maybe_delete(id, true).await
+    }
+
+    /// Lists the ids held. Not cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// `EPERM` (no list right), I/O errors, `EPROTO`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// for id in c.list().await? {
+    ///     println!("{}", String::from_utf8_lossy(&id));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        self.begin()?;
+        self.send(vec![proto::OP_LIST], vec![]).await?;
+        let (ans, fds) = self.recv().await?;
+        self.broken = false;
+        let body = proto::answer_error(&ans)?;
+        if !fds.is_empty() {
+            return Err(proto::eproto());
+        }
+        proto::parse_list(body).ok_or_else(proto::eproto)
+    }
+
+    /// Gets every fd held, with ids and limits. Not cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// `EPERM` (no getdump right), I/O errors, `EPROTO` for a dump that
+    /// does not add up.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// for e in c.getdump().await? {
+    ///     println!("{}", String::from_utf8_lossy(&e.id));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn getdump(&mut self) -> io::Result<Vec<DumpEntry>> {
+        self.begin()?;
+        self.send(vec![proto::OP_GETDUMP], vec![]).await?;
+        let (ans, fds) = self.recv().await?;
+        let body = match proto::answer_error(&ans) {
+            Ok(b) => b,
+            Err(e) => {
+                // A refusal is the whole answer.
+                self.broken = false;
+                return Err(e);
+            }
+        };
+        // As the blocking client: any split into chunks is accepted, as long
+        // as every chunk carries fds and they add up.
+        if body.len() != 8 || !fds.is_empty() {
+            return Err(proto::eproto());
+        }
+        let chunks = proto::be32(&body[..4]).ok_or_else(proto::eproto)? as usize;
+        let total = proto::be32(&body[4..]).ok_or_else(proto::eproto)? as usize;
+        if chunks > total || (total > 0 && chunks == 0) {
+            return Err(proto::eproto());
+        }
+        let mut dump = Vec::with_capacity(total.min(1 << 16));
+        for _ in 0..chunks {
+            let (payload, fds) = self.recv().await?;
+            if fds.is_empty() || dump.len() + fds.len() > total {
+                return Err(proto::eproto());
+            }
+            let entries = proto::parse_entries(&payload, fds.len()).ok_or_else(proto::eproto)?;
+            for ((limit, id), fd) in entries.into_iter().zip(fds) {
+                dump.push(DumpEntry {
+                    id: id.to_bytes().to_vec(),
+                    fd,
+                    limit,
+                });
+            }
+        }
+        if dump.len() != total {
+            return Err(proto::eproto());
+        }
+        self.broken = false;
+        Ok(dump)
+    }
+
+    /// Sends a set of fds to the daemon, which adds them to what it holds.
+    /// Not cancellation-safe: a dropped future may leave part of the dump
+    /// stored.
+    ///
+    /// # Errors
+    ///
+    /// `EPERM` (no setdump right), `ENFILE` (more than the daemon has room
+    /// for), a bad id, I/O errors, `EPROTO`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(a: &mut fdholder::asynchronous::AsyncClient,
+    /// #            b: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// let dump = a.getdump().await?;
+    /// let refs: Vec<_> = dump.iter().map(|e| e.as_ref()).collect();
+    /// b.setdump(&refs).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn setdump(&mut self, dump: &[DumpEntryRef<'_>]) -> io::Result<()> {
+        for e in dump {
+            proto::check_id(e.id)?;
+        }
+        let total = u32::try_from(dump.len()).map_err(|_| io::Error::from(Errno::NFILE))?;
+        self.begin()?;
+        self.send(proto::setdump(total), vec![]).await?;
+        let (ans, fds) = self.recv().await?;
+        let body = match proto::answer_error(&ans) {
+            Ok(b) => b,
+            Err(e) => {
+                self.broken = false;
+                return Err(e);
+            }
+        };
+        if !fds.is_empty() || proto::be32(body).is_none() {
+            return Err(proto::eproto());
+        }
+        if dump.is_empty() {
+            self.broken = false;
+            return Ok(());
+        }
+        let n = dump.len().div_ceil(MAX_FDS);
+        let again = Errno::AGAIN.raw_os_error();
+        for (i, chunk) in dump.chunks(MAX_FDS).enumerate() {
+            let mut payload = Vec::with_capacity(
+                1 + chunk
+                    .iter()
+                    .map(|e| proto::entry_len(e.id.len()))
+                    .sum::<usize>(),
+            );
+            payload.push(proto::OP_SETDUMP_CHUNK);
+            for e in chunk {
+                proto::push_entry(&mut payload, e.limit, e.id);
+            }
+            self.send(payload, chunk.iter().map(|e| e.fd).collect())
+                .await?;
+            let (ans, fds) = self.recv().await?;
+            let last = i + 1 == n;
+            match (ans.as_slice(), fds.is_empty()) {
+                ([0], true) if last => {}
+                ([e], true) if !last && i32::from(*e) == again => {}
+                ([e], true) if *e != 0 && i32::from(*e) != again => {
+                    // What the daemon makes of the rest is not known: the
+                    // client stays broken.
+                    return Err(io::Error::from_raw_os_error(i32::from(*e)));
+                }
+                _ => return Err(proto::eproto()),
+            }
+        }
+        self.broken = false;
+        Ok(())
+    }
+}
+
+impl AsFd for AsyncClient {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

@@ -1,0 +1,185 @@
+//! The library's tokio client (`fdholder::asynchronous`, cargo feature
+//! `tokio`) against real daemons, on the multi-threaded runtime. Built only
+//! with this crate's feature `tokio-tests`, so that the plain `cargo test`
+//! does not compile tokio:
+//!
+//! ```sh
+//! cargo test -p fdholder-suite --features tokio-tests --test async_client
+//! ```
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use common::{Daemon, Impl, entries_for, have_reference, identity, tmpdir};
+use fdholder::asynchronous::AsyncClient;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Bounds every await of a test: a hang fails instead of blocking.
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("an operation did not complete within 20 s")
+}
+
+fn impls() -> Vec<Impl> {
+    let mut v = vec![Impl::Ours];
+    if have_reference() {
+        v.push(Impl::Reference);
+    }
+    v
+}
+
+fn errno(e: &std::io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+#[test]
+fn every_request() {
+    let rt = runtime();
+    for which in impls() {
+        let d = Daemon::start(which);
+        let dir = tmpdir("async-every");
+        let f = common::file_with(&dir, "f", b"content");
+        let sock = d.sock.clone();
+        rt.block_on(async {
+            let mut c = bounded(AsyncClient::connect(&sock)).await.unwrap();
+            bounded(c.store(f.as_fd(), b"one", None)).await.unwrap();
+            bounded(c.store(f.as_fd(), b"two", None)).await.unwrap();
+            // A refusal leaves the client usable.
+            let e = bounded(c.store(f.as_fd(), b"one", None)).await.unwrap_err();
+            assert_eq!(errno(&e), Some(libc::EBUSY));
+            assert_eq!(
+                bounded(c.list()).await.unwrap(),
+                [b"one".to_vec(), b"two".to_vec()]
+            );
+            let got = bounded(c.retrieve(b"one")).await.unwrap();
+            assert_eq!(identity(&got), identity(&f));
+            let got = bounded(c.retrieve_delete(b"two")).await.unwrap();
+            assert_eq!(identity(&got), identity(&f));
+            let e = bounded(c.retrieve(b"two")).await.unwrap_err();
+            assert_eq!(errno(&e), Some(libc::ENOENT));
+            let dump = bounded(c.getdump()).await.unwrap();
+            assert_eq!(dump.len(), 1);
+            assert_eq!(dump[0].id, b"one");
+            assert_eq!(identity(&dump[0].fd), identity(&f));
+            bounded(c.delete(b"one")).await.unwrap();
+            let e = bounded(c.delete(b"one")).await.unwrap_err();
+            assert_eq!(errno(&e), Some(libc::ENOENT));
+            // A bad id is refused before anything is sent.
+            let e = bounded(c.delete(b"")).await.unwrap_err();
+            assert_eq!(errno(&e), Some(libc::EINVAL));
+            assert!(bounded(c.list()).await.unwrap().is_empty());
+        });
+    }
+}
+
+#[test]
+fn setdump_and_getdump_in_chunks() {
+    let rt = runtime();
+    let d = Daemon::start(Impl::Ours);
+    let dir = tmpdir("async-dump");
+    let f = common::file_with(&dir, "f", b"x");
+    // More than one message's worth of descriptors (253).
+    let ids: Vec<Vec<u8>> = (0..300).map(|i| format!("id{i}").into_bytes()).collect();
+    let entries = entries_for(&ids, f.as_fd());
+    let sock = d.sock.clone();
+    rt.block_on(async {
+        let mut c = bounded(AsyncClient::connect(&sock)).await.unwrap();
+        bounded(c.setdump(&entries)).await.unwrap();
+        let dump = bounded(c.getdump()).await.unwrap();
+        assert_eq!(dump.len(), 300);
+        let mut got: Vec<Vec<u8>> = dump.iter().map(|e| e.id.clone()).collect();
+        got.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(dump.iter().all(|e| identity(&e.fd) == identity(&f)));
+        bounded(c.setdump(&[])).await.unwrap();
+    });
+    // What the async client stored, the blocking one sees.
+    assert_eq!(
+        d.client()
+            .list(Some(std::time::Instant::now() + Duration::from_secs(10)))
+            .unwrap()
+            .len(),
+        300
+    );
+}
+
+#[test]
+fn futures_are_send_on_the_multi_threaded_runtime() {
+    let rt = runtime();
+    let d = Daemon::start(Impl::Ours);
+    let sock = d.sock.clone();
+    rt.block_on(async move {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let sock = sock.clone();
+                // tokio::spawn needs a Send future.
+                tokio::spawn(async move {
+                    let l = UnixListener::bind(sock.with_file_name(format!("l{i}"))).unwrap();
+                    let mut c = AsyncClient::connect(&sock).await.unwrap();
+                    let id = format!("task{i}").into_bytes();
+                    c.store(l.as_fd(), &id, None).await.unwrap();
+                    let back = c.retrieve(&id).await.unwrap();
+                    assert_eq!(identity(&back), identity(&l));
+                })
+            })
+            .collect();
+        for t in tasks {
+            bounded(t).await.unwrap();
+        }
+        let mut c = bounded(AsyncClient::connect(&sock)).await.unwrap();
+        assert_eq!(bounded(c.list()).await.unwrap().len(), 8);
+    });
+}
+
+#[test]
+fn a_cancelled_request_breaks_the_client() {
+    let rt = runtime();
+    let dir = tmpdir("async-cancel");
+    // A "daemon" that takes connections and never answers.
+    let mute = UnixListener::bind(dir.join("mute")).unwrap();
+    let path = dir.join("mute");
+    rt.block_on(async {
+        let mut c = bounded(AsyncClient::connect(&path)).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(50), c.list()).await;
+        assert!(r.is_err(), "the mute daemon answered");
+        // The dropped future left the protocol state unknown.
+        let e = bounded(c.list()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Other);
+        assert!(e.to_string().contains("did not complete"), "{e}");
+    });
+    drop(mute);
+}
+
+#[test]
+fn connect_errors_and_fd_round_trip() {
+    let rt = runtime();
+    let dir = tmpdir("async-connect");
+    let d = Daemon::start(Impl::Ours);
+    let sock = d.sock.clone();
+    rt.block_on(async {
+        let e = bounded(AsyncClient::connect(dir.join("nothing")))
+            .await
+            .unwrap_err();
+        assert_eq!(errno(&e), Some(libc::ENOENT));
+        // A blocking socket handed in works (made non-blocking), and goes
+        // back to a blocking client.
+        let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let mut c = AsyncClient::from_fd(s.into()).unwrap();
+        assert!(bounded(c.list()).await.unwrap().is_empty());
+        let mut b = fdholder::Client::from_fd(c.into_fd().unwrap());
+        assert!(b.list(None).unwrap().is_empty());
+    });
+}
