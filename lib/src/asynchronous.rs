@@ -27,16 +27,15 @@
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
-//! use std::time::Duration;
 //! use fdholder::asynchronous::AsyncClient;
 //!
 //! # async fn f() -> std::io::Result<()> {
 //! let mut c = AsyncClient::connect("/run/fdholder/s").await?;
 //! let file = std::fs::File::open("/etc/hostname")?;
 //! c.store(file.as_fd(), b"hostname", None).await?;
-//! let ids = tokio::time::timeout(Duration::from_secs(5), c.list())
-//!     .await
-//!     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+//! // With a deadline (tokio's "time" feature):
+//! // tokio::time::timeout(Duration::from_secs(5), c.list()).await
+//! let ids = c.list().await?;
 //! # drop(ids);
 //! # Ok(())
 //! # }
