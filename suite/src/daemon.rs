@@ -33,10 +33,22 @@ use fdholder::wire::{MAX_FDS, Receiver, Sender};
 /// Hard limit on concurrent connections, as the reference.
 pub const MAXCONN_LIMIT: u32 = 256;
 
-/// Descriptors that must stay free, beyond held fds and connections, for
-/// the rules directory cache to stay open: a whole setdump chunk
-/// ([`MAX_FDS`]) arriving at once, the daemon's own descriptors (listener,
-/// stderr, epoll, signalfd), the cache's two and the few a fill opens.
+/// Descriptors kept free below RLIMIT_NOFILE beyond the daemon's own and
+/// the held ones: one for a connection, and one for what a request on it
+/// brings (a store's fd, refused with ENFILE when the store is full) or
+/// what judging a new one takes (a rule file read by path, one at a
+/// time). So a full store answers ENFILE and takes the delete that frees
+/// it. The reference keeps 6: these and the 4 it assumes are its own.
+const CLIENT_FDS: u64 = 2;
+
+/// The daemon's own descriptors when they cannot be counted (no
+/// `/proc/self/fd`): 0 and 2, epoll and signalfd, as the reference assumes.
+const OWN_FDS_ASSUMED: u64 = 4;
+
+/// Descriptors that must stay free, beyond the daemon's own, held fds and
+/// connections, for the rules directory cache to stay open: a whole
+/// setdump chunk ([`MAX_FDS`]) arriving at once, the cache's two and the
+/// few a fill opens, with room to spare.
 /// Nearer the limit the cache is closed and every lookup reads the
 /// directory by path, one descriptor at a time, as before: the cache never
 /// takes a descriptor a client needs.
@@ -63,7 +75,8 @@ pub struct Config {
     pub verbosity: u32,
     /// `-c`: concurrent connections, already clamped to 1..=256.
     pub maxconn: u32,
-    /// `-n`: held fds, already clamped.
+    /// `-n`: held fds at most (at least 1); lowered when the daemon
+    /// starts to the room RLIMIT_NOFILE leaves (see [`CLIENT_FDS`]).
     pub maxfds: u32,
     /// `-t`: drop a client that lets an answer wait this long.
     pub client_timeout: Option<Duration>,
@@ -321,6 +334,27 @@ struct Daemon<'a> {
     egid: u32,
     /// RLIMIT_NOFILE when the daemon started (`None`: unlimited).
     fd_limit: Option<u64>,
+    /// The daemon's own descriptors below that limit: those it was given
+    /// (0, 2 and any other inherited) and those it opened to run (epoll,
+    /// signalfd); not the rules cache's. Counted before it serves.
+    own_fds: u64,
+}
+
+/// How many descriptors numbered below `limit` are open (those numbered
+/// above it take no room: a new descriptor gets the lowest free number,
+/// which must be below the limit); `None` if `/proc/self/fd` cannot be
+/// read.
+fn open_fds_below(limit: u64) -> Option<u64> {
+    let mut n: u64 = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()? {
+        let name = entry.ok()?.file_name();
+        let fd: u64 = name.to_str()?.parse().ok()?;
+        if fd < limit {
+            n += 1;
+        }
+    }
+    // One of them is the directory being read, closed now.
+    Some(n.saturating_sub(1))
 }
 
 fn err(e: rustix::io::Errno) -> io::Error {
@@ -382,11 +416,18 @@ pub fn run(
         euid: rustix::process::geteuid().as_raw(),
         egid: rustix::process::getegid().as_raw(),
         fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+        own_fds: OWN_FDS_ASSUMED,
     };
     // The rules cache's descriptors, if any, are opened now: the daemon's
-    // own descriptors are all open before it says it is ready.
+    // own descriptors are all open before it says it is ready. Whether
+    // there is room for them is judged from what is open now (stdout
+    // included, with -1, until `ready` closes it).
+    if let Some(open) = d.fd_limit.and_then(open_fds_below) {
+        d.own_fds = open;
+    }
     d.fit_rules_cache();
     ready();
+    d.settle_fd_budget();
     d.main_loop()
 }
 
@@ -572,12 +613,40 @@ impl Daemon<'_> {
         self.update_listener();
     }
 
+    /// Counts the daemon's own descriptors, once they are all open and
+    /// stdout is closed, and lowers `-n` to the room the descriptor limit
+    /// leaves for held fds: the limit, less those, less [`CLIENT_FDS`].
+    /// Counted, not assumed: descriptors the daemon was given beyond 0, 1
+    /// and 2 take room too.
+    fn settle_fd_budget(&mut self) {
+        let Some(limit) = self.fd_limit else {
+            return; // unlimited: -n as given
+        };
+        match open_fds_below(limit) {
+            Some(open) => self.own_fds = open.saturating_sub(self.rules.cache_fds()),
+            None => {
+                self.own_fds = OWN_FDS_ASSUMED;
+                self.log.warn(format_args!(
+                    "unable to count open descriptors in /proc/self/fd: assuming {OWN_FDS_ASSUMED}"
+                ));
+            }
+        }
+        let room = limit.saturating_sub(self.own_fds + CLIENT_FDS);
+        self.store.max = self.cfg.maxfds.min(u32::try_from(room).unwrap_or(u32::MAX)) as usize;
+        if self.store.max == 0 {
+            self.log.warn(format_args!(
+                "{} descriptors open for a limit of {limit}: no room to hold any, every store is refused",
+                self.own_fds
+            ));
+        }
+    }
+
     /// Allows the rules directory cache only while descriptors are
     /// plentiful (see [`RULES_CACHE_FD_HEADROOM`]); forbidding it closes
     /// its descriptors at once, allowing it opens them.
     fn fit_rules_cache(&mut self) {
         if let Rules::Dir(d) = &mut self.rules {
-            let used = (self.store.len() + self.nconns) as u64;
+            let used = self.own_fds + (self.store.len() + self.nconns) as u64;
             let need = if d.caching() {
                 RULES_CACHE_FD_HEADROOM
             } else {

@@ -158,6 +158,15 @@ fn read_cdb_file(path: &Path) -> Result<Vec<u8>, CdbOpenError> {
 }
 
 impl Rules {
+    /// Descriptors these rules keep open: the rules directory cache's, if
+    /// it is open; none for a cdb (read whole when opened).
+    pub fn cache_fds(&self) -> u64 {
+        match self {
+            Rules::Dir(d) => d.open_fds(),
+            Rules::Cdb(_) | Rules::RefuseAll(_) => 0,
+        }
+    }
+
     /// Looks up one key (`uid/0`, `gid/default`, ...).
     pub fn lookup(&self, key: &str) -> io::Result<Decision> {
         match self {

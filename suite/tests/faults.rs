@@ -294,6 +294,119 @@ fn held_fds_never_take_the_last_descriptors() {
     assert!(d.child.try_wait().unwrap().is_none());
 }
 
+/// A `bash -c` script that opens `n` descriptors (3, 4, ...) on
+/// `/dev/null`, not close-on-exec, then execs its arguments: they are
+/// inherited by the daemon.
+fn extra_fds_script(n: usize) -> String {
+    let opens: String = (3..3 + n).map(|fd| format!(" {fd}</dev/null")).collect();
+    if opens.is_empty() {
+        "exec \"$@\"".to_owned()
+    } else {
+        format!("exec{opens}; exec \"$@\"")
+    }
+}
+
+/// Runs `prog` (a `s6-fdholder-store`) storing its stdin, a file, under
+/// `id` in `d`.
+fn store_program(prog: &std::path::Path, d: &Daemon, id: &str) -> common::Outcome {
+    let stdin = File::open(d.dir.join("f")).unwrap();
+    common::run_cmd(Command::new(prog).arg(&d.sock).arg(id).stdin(stdin))
+}
+
+#[test]
+fn a_full_store_answers_enfile_whatever_descriptors_were_inherited() {
+    // RLIMIT_NOFILE 100, -n 1000 (more than the limit allows), and the
+    // daemon started with 0, 1, 2 or 7 descriptors more than 0, 1, 2: -n
+    // is lowered to what is left below the limit once the daemon's own
+    // descriptors (those it was given included) are open, less one for a
+    // connection and one for the fd a request brings. So every store past
+    // the limit is answered ENFILE, on the same connection, which keeps
+    // working; the programs say ENFILE too; a delete works, a store after
+    // it works, and the daemon's descriptors come back to their count.
+    // The reference lowers -n to the limit - 6 whatever it inherited: it
+    // runs here with nothing extra only (its own are 3: with one more, a
+    // new client is refused while it is full, its rules unreadable; with
+    // two more, the store past the limit loses its connection).
+    let msg = "s6-fdholder-store: fatal: unable to store fd: Too many open files in system\n";
+    let mut cases = vec![
+        (Impl::Ours, 0),
+        (Impl::Ours, 1),
+        (Impl::Ours, 2),
+        (Impl::Ours, 7),
+    ];
+    if have_reference() {
+        cases.push((Impl::Reference, 0));
+    }
+    let dl = || Some(Instant::now() + Duration::from_secs(5));
+    for (which, extra) in cases {
+        let what = format!("{which:?}, {extra} more inherited");
+        let script = extra_fds_script(extra);
+        let wrap = ["/bin/bash", "-c", script.as_str(), "extra-fds"];
+        let d = Daemon::start_with(
+            which,
+            Opts {
+                nofile: Some(100),
+                args: &["-n", "1000"],
+                wrap: &wrap,
+                ..Opts::default()
+            },
+        );
+        let base = d.open_fds();
+        assert!(base >= 3 + extra, "{what}: {base} open");
+        let f = file_with(&d.dir, "f", b"");
+        let mut c = d.client();
+        let mut stored = 0;
+        loop {
+            match c.store(f.as_fd(), format!("{stored}").as_bytes(), None, dl()) {
+                Ok(()) => stored += 1,
+                Err(e) => {
+                    assert_eq!(errno(e), libc::ENFILE, "{what}: store {stored}");
+                    break;
+                }
+            }
+            assert!(stored <= 100, "{what}: more stored than the limit allows");
+        }
+        // Ours: all the room but a connection and the fd it brings. The
+        // reference: the limit - 6 (its own are 3: 0, 2 and a signalfd).
+        let want = match which {
+            Impl::Ours => 100 - base - 2,
+            Impl::Reference => 100 - 6,
+        };
+        assert_eq!(stored, want, "{what}: {base} open");
+        for i in 0..3 {
+            let e = c.store(f.as_fd(), b"past", None, dl()).unwrap_err();
+            assert_eq!(errno(e), libc::ENFILE, "{what}: store past the limit {i}");
+        }
+        assert_eq!(c.list(dl()).unwrap().len(), stored, "{what}");
+        drop(c);
+        assert_eq!(d.wait_fds(base + stored), base + stored, "{what}");
+        // The programs, ours and the reference's, see ENFILE and exit 1.
+        let mut progs = vec![ours("s6-fdholder-store")];
+        progs.extend(common::reference("s6-fdholder-store"));
+        for prog in &progs {
+            let out = store_program(prog, &d, "past");
+            assert_eq!(
+                (out.code, out.stderr.as_str()),
+                (1, msg),
+                "{what}: {prog:?}"
+            );
+        }
+        assert_eq!(d.wait_fds(base + stored), base + stored, "{what}");
+        // A delete frees a slot, which a store takes; then full again.
+        let mut c = d.client();
+        c.delete(b"0", dl()).unwrap();
+        c.store(f.as_fd(), b"again", None, dl()).unwrap();
+        let e = c.store(f.as_fd(), b"past", None, dl()).unwrap_err();
+        assert_eq!(errno(e), libc::ENFILE, "{what}: full again");
+        for id in c.list(dl()).unwrap() {
+            c.delete(&id, dl()).unwrap();
+        }
+        drop(c);
+        assert_eq!(d.wait_fds(base), base, "{what}: back to the baseline");
+        drop(f);
+    }
+}
+
 #[test]
 fn client_unable_to_receive_the_fd_loses_nothing_in_the_daemon() {
     for which in impls() {

@@ -44,18 +44,14 @@ pub fn main() {
     cfg.rules = rules.unwrap_or_else(|| PROG.die(EXIT_USAGE, "no access rights specified!"));
     cfg.maxconn = cfg.maxconn.clamp(1, MAXCONN_LIMIT);
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if let Some(cur) = lim.current {
-        if cur < 7 {
-            PROG.die(EXIT_SYS, "open file limit too low");
-        }
-        // The reference lowers -n only when it exceeds the limit itself;
-        // then `-n` within 6 of the limit lets held fds take the last
-        // descriptors and the daemon can accept nobody (not even to delete).
-        // Keeping 6 spare always is what the clamp is for.
-        if u64::from(cfg.maxfds) > cur - 6 {
-            cfg.maxfds = (cur - 6) as u32;
-        }
+    if lim.current.is_some_and(|cur| cur < 7) {
+        PROG.die(EXIT_SYS, "open file limit too low");
     }
+    // -n is lowered by the daemon, once its descriptors are open, to the
+    // room the limit leaves: the reference lowers it to the limit - 6 only
+    // when it exceeds the limit itself, and assumes what is open, so held
+    // fds can take the last descriptors and the daemon can then accept
+    // nobody (not even to delete).
     cfg.maxfds = cfg.maxfds.max(1);
 
     let stdin = io::stdin();

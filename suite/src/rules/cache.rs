@@ -248,6 +248,12 @@ impl DirRules {
         }
     }
 
+    /// How many descriptors the cache holds open now: an inotify instance
+    /// and `/proc/self/mountinfo` while it is open, none otherwise.
+    pub fn open_fds(&self) -> u64 {
+        if self.watch.is_some() { Watch::FDS } else { 0 }
+    }
+
     /// Whether caching is allowed (see [`DirRules::set_caching`]).
     pub fn caching(&self) -> bool {
         self.allowed
@@ -417,6 +423,9 @@ fn new_inotify() -> io::Result<OwnedFd> {
 }
 
 impl Watch {
+    /// The descriptors a `Watch` holds: `inotify` and `mounts`.
+    const FDS: u64 = 2;
+
     fn new() -> io::Result<Watch> {
         let inotify = new_inotify()?;
         let mounts = rfs::open(
