@@ -23,4 +23,5 @@ pub mod daemon;
 pub mod multicall;
 pub mod progs;
 pub mod rules;
+pub mod sd;
 pub mod sys;

@@ -211,6 +211,26 @@ pub fn borrow_fd_number(n: u32) -> io::Result<std::os::fd::BorrowedFd<'static>> 
     Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(n) })
 }
 
+/// `dup2(fd, n)`: makes descriptor number `n` a copy of `fd`, not
+/// close-on-exec, closing whatever had that number; for a program that
+/// puts descriptors at the numbers the next program expects, then execs
+/// (`s6-fdholder-sdlisten`). `fd` must not be numbered `n` (dup2 would
+/// then leave its close-on-exec flag as it is).
+///
+/// The caller owns no descriptor numbered `n`: what had that number was
+/// inherited, and is given up. The new descriptor belongs to nobody in
+/// this process; it stays open for the program exec'd.
+pub fn dup2_number(fd: std::os::fd::BorrowedFd<'_>, n: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let n = libc::c_int::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: dup2 touches no memory; no OwnedFd of the process is numbered
+    // `n` (the caller's contract), so none is closed or aliased behind its back.
+    if unsafe { libc::dup2(fd.as_raw_fd(), n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The process's environment as it stands, every `KEY=VALUE` string in
 /// order, byte for byte (what the next program would be handed).
 pub fn environ() -> Vec<Vec<u8>> {

@@ -1,0 +1,110 @@
+//! `s6-fdholder-sdlisten`: gets every fd held under an id prefix and
+//! execs a program with them at fds 3, 4, ... and described by
+//! `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, as systemd hands a
+//! service its sockets. See `docs/s6-fdholder-sdlisten.md`.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::cli::{EXIT_REFUSED, EXIT_SYS, Prog, strerror};
+use crate::sd;
+
+const PROG: Prog = Prog {
+    name: "s6-fdholder-sdlisten",
+    usage: "s6-fdholder-sdlisten [ -t timeout ] [ -D ] path prefix prog...",
+};
+
+/// The first fd handed over (systemd's `SD_LISTEN_FDS_START`).
+const FIRST: u32 = 3;
+
+/// The program: parses `std::env::args_os()` and exits or execs.
+pub fn main() {
+    let (opts, args) = PROG.getopt("Dt:");
+    let (mut delete, mut deadline) = (false, None);
+    for (c, v) in opts {
+        match c {
+            'D' => delete = true,
+            't' => deadline = PROG.timeout(&v),
+            _ => PROG.die_usage(),
+        }
+    }
+    let [socket, prefix, prog @ ..] = &args[..] else {
+        PROG.die_usage()
+    };
+    if prog.is_empty() {
+        PROG.die_usage();
+    }
+    let prefix = prefix.as_bytes();
+    let shown = |id: &[u8]| String::from_utf8_lossy(id).into_owned();
+    let mut client = PROG.connect("", socket, deadline);
+    let ids = client
+        .list(deadline)
+        .unwrap_or_else(|e| PROG.die_unable(EXIT_REFUSED, "get fd list", &e));
+    // Every fd is retrieved before any is deleted: a refusal or a
+    // time-out on the way leaves the holder as it was.
+    let mut held: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
+    for id in sd::listen_order(ids, prefix) {
+        match client.retrieve(&id, deadline) {
+            Ok(fd) => held.push((id, fd)),
+            // Deleted since the list, by a client or its expiry: skipped.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => PROG.warn(format_args!(
+                "unable to retrieve fd for id {}: {}",
+                shown(&id),
+                strerror(&e)
+            )),
+            Err(e) => PROG.die_unable(
+                EXIT_REFUSED,
+                format_args!("retrieve fd for id {}", shown(&id)),
+                &e,
+            ),
+        }
+    }
+    if delete {
+        for (id, _) in &held {
+            match client.delete(id, deadline) {
+                // Already gone: what -D asks for.
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => PROG.die_unable(
+                    EXIT_REFUSED,
+                    format_args!("delete fd for id {}", shown(id)),
+                    &e,
+                ),
+                _ => {}
+            }
+        }
+    }
+    drop(client);
+
+    let n = held.len();
+    let mut names = Vec::new();
+    for (i, (id, _)) in held.iter().enumerate() {
+        if i > 0 {
+            names.push(sd::SEPARATOR);
+        }
+        names.extend_from_slice(sd::fd_name(id, prefix).unwrap_or(sd::UNKNOWN));
+    }
+    // Every fd goes above FIRST + n first (the originals are closed), so
+    // that putting one in place never closes another still to be placed.
+    let die_move = |e: rustix::io::Errno| PROG.die_unable(EXIT_SYS, "move fd", &e.into());
+    let top = i32::try_from(FIRST as usize + n).unwrap_or(i32::MAX);
+    let high: Vec<OwnedFd> = held
+        .into_iter()
+        .map(|(_, fd)| rustix::io::fcntl_dupfd_cloexec(&fd, top).unwrap_or_else(die_move))
+        .collect();
+    for (i, fd) in (FIRST..).zip(&high) {
+        // dup2 gives a descriptor without close-on-exec.
+        if let Err(e) = crate::sys::dup2_number(fd.as_fd(), i) {
+            PROG.die_unable(EXIT_SYS, "move fd", &e);
+        }
+    }
+    drop(high);
+    let var = |k: &str, v: Vec<u8>| (OsString::from(k), (n > 0).then(|| OsString::from_vec(v)));
+    PROG.exec(
+        prog,
+        &[
+            var("LISTEN_PID", std::process::id().to_string().into_bytes()),
+            var("LISTEN_FDS", n.to_string().into_bytes()),
+            var("LISTEN_FDNAMES", names),
+        ],
+    )
+}
