@@ -78,7 +78,9 @@ pub struct Config {
     /// `-n`: held fds at most (at least 1); lowered when the daemon
     /// starts to the room RLIMIT_NOFILE leaves (see [`CLIENT_FDS`]).
     pub maxfds: u32,
-    /// `-t`: drop a client that lets an answer wait this long.
+    /// `-t`: drop a client the daemon has waited on this long: for its
+    /// first request since accept, for the rest of a request partly
+    /// received, or for it to read its answers.
     pub client_timeout: Option<Duration>,
     /// `-T`: after SIGTERM, wait at most this long for clients.
     pub lameduck_timeout: Option<Duration>,
@@ -295,7 +297,11 @@ struct ConnState {
     rights: Rights,
     /// Fds still expected in the current setdump (0: none under way).
     dumping: u32,
-    /// When to drop this client if its answers are not flushed (`-t`).
+    /// When to drop this client (`-t`): set when the daemon starts waiting
+    /// on it (at accept, for its first request; when part of a request
+    /// arrives, or an answer is queued, while none is set), cleared only
+    /// once it waits for nothing (every answer written, no part of a
+    /// request received). So it bounds every wait, from its start.
     deadline: Option<Instant>,
 }
 
@@ -808,7 +814,7 @@ impl Daemon<'_> {
         {
             match c.rx.fill(c.sock.as_fd()) {
                 Ok(0) => eof = true,
-                Ok(_) => {}
+                Ok(_) => c.st.input_came(&c.rx, &self.cfg),
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted => {}
@@ -863,7 +869,9 @@ fn service(c: &mut Conn, store: &mut Store, cfg: &Config) -> Result<(), Protocol
         let pending = !c.st.tx.is_empty();
         match c.st.tx.flush(c.sock.as_fd()) {
             Ok(true) => {
-                if pending {
+                // Answers all written: the wait is over, unless part of a
+                // request is in (then it goes on, from when it began).
+                if pending && c.rx.is_empty() {
                     c.st.deadline = None;
                 }
             }
@@ -879,6 +887,14 @@ fn service(c: &mut Conn, store: &mut Store, cfg: &Config) -> Result<(), Protocol
 }
 
 impl ConnState {
+    /// Bytes came in: if they are (part of) a request while the daemon
+    /// waited for nothing, it now waits for that request, for `-t` at most.
+    fn input_came(&mut self, rx: &Receiver, cfg: &Config) {
+        if self.deadline.is_none() && !rx.is_empty() {
+            self.deadline = cfg.client_timeout.map(|t| Instant::now() + t);
+        }
+    }
+
     fn answer(&mut self, payload: Vec<u8>, fds: Vec<Rc<OwnedFd>>, cfg: &Config) {
         self.tx.push(payload, fds);
         if self.deadline.is_none() {

@@ -650,6 +650,91 @@ fn half_a_request_then_silence_is_dropped_with_client_timeout() {
     assert_eq!(d.wait_fds(base), base);
 }
 
+/// The implementations to compare: ours, and the reference when installed.
+fn impls() -> Vec<Impl> {
+    let mut v = vec![Impl::Ours];
+    if common::have_reference() {
+        v.push(Impl::Reference);
+    }
+    v
+}
+
+/// The two ways to leave a second request half sent: half of its header,
+/// or its header and half of its payload.
+fn second_request_halves() -> [(&'static str, Vec<u8>); 2] {
+    let m = msg(&proto::delete(b"some-id"), 0);
+    [
+        ("half a header", m[..3].to_vec()),
+        ("a header and half the payload", m[..6 + 4].to_vec()),
+    ]
+}
+
+/// A raw client whose first request (a list) was answered.
+fn answered_once(d: &Daemon) -> Raw {
+    let mut r = Raw::connect(&d.sock);
+    r.send(&msg(&[OP_LIST], 0), &[]).unwrap();
+    assert_eq!(r.recv().code(), 0);
+    r
+}
+
+#[test]
+fn a_second_request_half_sent_is_dropped_with_client_timeout() {
+    // -t bounds every wait for a client, not only its first request: one
+    // whose first request was answered, then sends half of a second, is
+    // dropped about -t later (the reference drops it at once, as it does
+    // any client whose read ends inside a message). An idle client, its
+    // answers all written, is kept however long it waits, by both.
+    for which in impls() {
+        for (what, half) in second_request_halves() {
+            let d = Daemon::with_args(which, &["-t", "300"]);
+            let base = d.open_fds();
+            let mut idle = answered_once(&d);
+            let mut r = answered_once(&d);
+            let sent = Instant::now();
+            r.send(&half, &[]).unwrap();
+            assert!(
+                matches!(r.recv_within(3000), Some(Reply::Closed)),
+                "{which:?}, {what}: not dropped within 3 s"
+            );
+            drop(r);
+            // Past -t for the idle one too, with room to spare: still in.
+            std::thread::sleep(Duration::from_millis(600).saturating_sub(sent.elapsed()));
+            idle.send(&msg(&[OP_LIST], 0), &[]).unwrap();
+            assert_eq!(
+                idle.recv().code(),
+                0,
+                "{which:?}, {what}: idle client dropped"
+            );
+            drop(idle);
+            assert_eq!(d.wait_fds(base), base, "{which:?}, {what}");
+        }
+    }
+}
+
+#[test]
+fn sigterm_with_a_second_request_half_sent_ends_at_client_timeout() {
+    // In lame duck, a client in the middle of a request is waited for to
+    // finish it, as long as -t allows (and -T): here -T is 10 s and -t
+    // 300 ms, so the daemon drops it and exits about 300 ms after it was
+    // sent, never holding out for -T. An idle client is not waited for
+    // (still connected at exit: code 2). The reference drops the half
+    // request at once.
+    for which in impls() {
+        for (what, half) in second_request_halves() {
+            let d = Daemon::with_args(which, &["-t", "300", "-T", "10000"]);
+            let idle = answered_once(&d);
+            let r = answered_once(&d);
+            r.send(&half, &[]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            d.signal(rustix::process::Signal::TERM);
+            let mut d = d;
+            let code = common::wait_timeout(&mut d.child, Duration::from_secs(3));
+            assert_eq!(code, Some(2), "{which:?}, {what}");
+            drop((idle, r));
+        }
+    }
+}
+
 /// Holds `n` fds with long ids, so that a dump is bigger than a socket
 /// buffer.
 fn fill_store(d: &Daemon, n: usize) -> File {
