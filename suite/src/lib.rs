@@ -10,6 +10,7 @@
 //! - [`daemon`]: the core of `s6-fdholderd`;
 //! - [`cli`]: what every program shares (arguments, getopt, messages, exit
 //!   codes, exec);
+//! - [`sd`]: systemd's protocols (held ids as systemd's fd names);
 //! - [`progs`]: one file per program;
 //! - [`multicall`]: runs the program that `argv[0]` names.
 //!

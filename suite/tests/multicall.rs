@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use common::{Daemon, Impl, TempDir, multicall};
 
-/// The 13 programs, as `--list` must print them.
+/// The programs, as `--list` must print them.
 const PROGRAMS: &[&str] = &[
     "s6-accessrules-cdb-from-fs",
     "s6-accessrules-fs-from-cdb",
@@ -19,6 +19,7 @@ const PROGRAMS: &[&str] = &[
     "s6-fdholder-getdump",
     "s6-fdholder-list",
     "s6-fdholder-retrieve",
+    "s6-fdholder-sdlisten",
     "s6-fdholder-setdump",
     "s6-fdholder-store",
     "s6-fdholder-transferdump",
