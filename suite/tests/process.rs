@@ -282,6 +282,58 @@ fn two_daemons() -> [Daemon; 2] {
     })
 }
 
+/// The descriptors a probe listed, as `N kind`: the number, and what its
+/// `/proc/self/fd` link says it is (`socket`, `pipe`, `anon_inode`, or
+/// `path` for a file), without inode numbers or paths, which differ between
+/// the two runs.
+fn open_fds(listing: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(listing)
+        .lines()
+        .filter_map(|l| {
+            let (n, target) = l.split_once(" -> ")?;
+            let kind = target.split(':').next().unwrap_or(target);
+            let kind = if kind.starts_with('/') { "path" } else { kind };
+            Some(format!("{n} {kind}"))
+        })
+        .collect()
+}
+
+#[test]
+fn descriptors_the_next_program_sees() {
+    if !have_reference() {
+        return;
+    }
+    let [od, rd] = two_daemons();
+    let (a, b) = (TempDir::new("proc-ours"), TempDir::new("proc-ref"));
+    // The probe lists its descriptors with what each is; its own listing
+    // descriptor is the same in both runs.
+    let probe = [
+        "/bin/sh",
+        "-c",
+        "cd /proc/self/fd && for f in *; do echo \"$f -> $(readlink $f)\"; done",
+    ];
+    let ours = chainloaders(Impl::Ours, &od.sock, a.path(), &probe);
+    let refs = chainloaders(Impl::Reference, &rd.sock, b.path(), &probe);
+    for (o, r) in ours.iter().zip(&refs) {
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let r: Vec<&str> = r.iter().map(String::as_str).collect();
+        let eo = launch(Impl::Ours, a.path(), &[], &o, &[ENV_PATH]);
+        let er = launch(Impl::Reference, b.path(), &[], &r, &[ENV_PATH]);
+        assert_eq!(eo.status, Ok(0), "{o:?}: {eo:?}");
+        assert_eq!(er.status, Ok(0), "{r:?}: {er:?}");
+        let (fo, fr) = (open_fds(&eo.stdout), open_fds(&er.stdout));
+        assert_eq!(fo, fr, "{o:?}");
+        assert!(fo.len() >= 3, "{fo:?}");
+        if o[0].ends_with("getdump") {
+            // The two held fds, at the numbers the reference gives them.
+            assert!(
+                fo.iter().filter(|f| f.ends_with(" path")).count() >= 2,
+                "{fo:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn signal_dispositions_and_mask_pass_through_exec() {
     if !have_reference() {
