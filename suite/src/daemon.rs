@@ -115,8 +115,12 @@ struct Held {
     id: Box<[u8]>,
     fd: Rc<OwnedFd>,
     limit: Tain,
-    /// Whether `(limit, slot)` is in [`Store::by_limit`].
-    expires: bool,
+    /// When it expires, its key in [`Store::by_limit`] with its slot; none
+    /// for an infinite limit. The limit, unless a store's limit equals the
+    /// expiry of a held fd: then 1 ns later until it is unique, as the
+    /// reference shifts it, so that equal limits expire in the order they
+    /// were stored and free their slots in the reference's order.
+    expiry: Option<Tain>,
 }
 
 /// Why the store did not take a descriptor.
@@ -190,13 +194,31 @@ impl Store {
     }
 
     /// Puts a new entry in a slot; the id index is the caller's to update.
-    fn fill_slot(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) -> u32 {
-        let expires = limit.is_finite_from(now);
+    /// `shift`: a store (the reference shifts equal limits for a store, not
+    /// for a setdump).
+    fn fill_slot(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain, shift: bool) -> u32 {
+        let mut expiry = limit.is_finite_from(now).then_some(limit);
+        if let (Some(t), true) = (expiry.as_mut(), shift) {
+            while self
+                .by_limit
+                .range((*t, 0)..=(*t, u32::MAX))
+                .next()
+                .is_some()
+            {
+                *t = match t.nano {
+                    999_999_999 => Tain {
+                        sec: t.sec.saturating_add(1),
+                        nano: 0,
+                    },
+                    n => Tain { nano: n + 1, ..*t },
+                };
+            }
+        }
         let held = Held {
             id: id.into(),
             fd: Rc::new(fd),
             limit,
-            expires,
+            expiry,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -208,8 +230,8 @@ impl Store {
                 (self.slots.len() - 1) as u32
             }
         };
-        if expires {
-            self.by_limit.insert((limit, slot));
+        if let Some(t) = expiry {
+            self.by_limit.insert((t, slot));
         }
         slot
     }
@@ -219,8 +241,8 @@ impl Store {
         let held = self.slots[slot as usize]
             .take()
             .expect("the id index names only filled slots");
-        if held.expires {
-            self.by_limit.remove(&(held.limit, slot));
+        if let Some(t) = held.expiry {
+            self.by_limit.remove(&(t, slot));
         }
         self.free.push(slot);
         held
@@ -235,7 +257,7 @@ impl Store {
         if self.by_id.contains_key(id) {
             return Err(Refusal::Busy);
         }
-        let slot = self.fill_slot(id, fd, limit, now);
+        let slot = self.fill_slot(id, fd, limit, now, true);
         self.by_id.insert(id.into(), slot);
         Ok(())
     }
@@ -245,7 +267,7 @@ impl Store {
     /// reference. The caller has checked [`Store::has_room_for`] for the
     /// whole chunk.
     fn replace(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
-        let slot = self.fill_slot(id, fd, limit, now);
+        let slot = self.fill_slot(id, fd, limit, now, false);
         if let Some(old) = self.by_id.insert(id.into(), slot) {
             self.free_slot(old);
         }
