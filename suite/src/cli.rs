@@ -29,6 +29,12 @@ pub fn set_args_skipped(n: usize) {
     ARGS_SKIPPED.store(n, Ordering::Relaxed);
 }
 
+/// Whether the program was run as `fdholder PROGRAM args...` (see
+/// [`set_args_skipped`]), not by its own name.
+pub fn run_by_first_argument() -> bool {
+    ARGS_SKIPPED.load(Ordering::Relaxed) == 2
+}
+
 /// The running program's arguments, without its name.
 pub fn args() -> impl Iterator<Item = OsString> {
     std::env::args_os().skip(ARGS_SKIPPED.load(Ordering::Relaxed))

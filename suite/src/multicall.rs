@@ -126,6 +126,11 @@ fn install(dir: &Path) {
 /// `fdholder name` (when it is not itself named after a program, as a copy
 /// would be); else `name`, searched in `PATH`. The first word is what to
 /// exec.
+///
+/// Run as `fdholder PROGRAM` (not through a link), it is this binary as
+/// `fdholder name` straight away: the binary's directory may hold another
+/// package's programs of the same names (Debian's `/usr/bin`), which the
+/// first two steps would take.
 pub fn sibling(name: &str) -> Vec<OsString> {
     let next_to = |dir: Option<&Path>| {
         dir.map(|d| d.join(name))
@@ -140,6 +145,11 @@ pub fn sibling(name: &str) -> Vec<OsString> {
     let multicall = exe
         .clone()
         .filter(|e| progs::find(e.file_name().map_or(&[][..], |n| n.as_bytes())).is_none());
+    if crate::cli::run_by_first_argument() {
+        if let Some(e) = multicall.clone() {
+            return vec![e.into_os_string(), name.into()];
+        }
+    }
     next_to(through_link.and_then(Path::parent))
         .or_else(|| next_to(exe.as_deref().and_then(Path::parent)))
         .or_else(|| multicall.map(|e| vec![e.into_os_string(), name.into()]))

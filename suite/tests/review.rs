@@ -113,3 +113,60 @@ fn store_order_after_equal_limits_expire() {
     });
     assert_eq!(l[0], l[1]);
 }
+
+/// The multicall binary as `dir/fdholder`, hard-linked (or copied).
+fn place_binary(to: &std::path::Path) {
+    if std::fs::hard_link(multicall(), to).is_err() {
+        std::fs::copy(multicall(), to).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `fdholder s6-fdholder-daemon` with the binary in a directory it shares
+/// with another package's programs (Debian's /usr/bin): the sibling
+/// lookup took the other package's `s6-ipcserver-socketbinder`, though
+/// the binary is named `fdholder` ("ours never runs another package's
+/// programs by accident", docs/fdholder.md). Run as `fdholder PROGRAM`,
+/// it runs its siblings as `fdholder NAME`, whatever the directory holds.
+#[test]
+fn daemon_launcher_never_runs_a_foreign_sibling() {
+    let t = tmpdir("review-foreign");
+    let exe = t.join("fdholder");
+    place_binary(&exe);
+    let foreign = t.join("s6-ipcserver-socketbinder");
+    std::fs::write(&foreign, "#!/bin/sh\necho foreign\nexit 42\n").unwrap();
+    std::fs::set_permissions(
+        &foreign,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(t.join("s6-fdholderd"), "#!/bin/sh\nexit 43\n").unwrap();
+    let rules = full_rules(t.path());
+    let sock = t.join("s");
+    let mut child = Command::new(&exe)
+        .args(["s6-fdholder-daemon", "-1", "-i"])
+        .arg(&rules)
+        .arg(&sock)
+        .env("PATH", "/nonexistent")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let argv = std::fs::read_to_string(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line, "\n", "not our daemon");
+    let argv: Vec<&str> = argv.split('\0').collect();
+    assert_eq!(
+        argv[..2],
+        [exe.to_str().unwrap(), "s6-fdholderd"],
+        "{argv:?}"
+    );
+}
