@@ -170,3 +170,34 @@ fn daemon_launcher_never_runs_a_foreign_sibling() {
         "{argv:?}"
     );
 }
+
+/// `s6-fdholder-sdlisten` put n fds at 3 .. 3 + n by first copying every
+/// one above 3 + n: it needed 2n + 3 descriptors where 3 + n (and one
+/// spare) do, so 40 fds under RLIMIT_NOFILE 64 failed with
+/// `unable to move fd: Too many open files` (and 511 under the usual
+/// 1024, within the daemon's default `-n` of 1000).
+#[test]
+fn sdlisten_places_fds_within_the_descriptor_limit() {
+    let d = Daemon::start(Impl::Ours);
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let mut c = d.client();
+    for i in 0..40 {
+        c.store(file.as_fd(), format!("p/{i:02}").as_bytes(), None, None)
+            .unwrap();
+    }
+    drop(c);
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(ours("s6-fdholder-sdlisten"))
+        .arg(&d.sock)
+        .args(["p/", "sh", "-c", "echo $LISTEN_FDS"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(0), "40\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -4,7 +4,8 @@
 //! service its sockets. See `docs/s6-fdholder-sdlisten.md`.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::cli::{EXIT_REFUSED, EXIT_SYS, Prog, strerror};
@@ -17,6 +18,11 @@ const PROG: Prog = Prog {
 
 /// The first fd handed over (systemd's `SD_LISTEN_FDS_START`).
 const FIRST: u32 = 3;
+
+/// Dies of a failure to put an fd in place.
+fn die_move(e: io::Error) -> ! {
+    PROG.die_unable(EXIT_SYS, "move fd", &e)
+}
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
@@ -83,21 +89,36 @@ pub fn main() {
         }
         names.extend_from_slice(sd::fd_name(id, prefix).unwrap_or(sd::UNKNOWN));
     }
-    // Every fd goes above FIRST + n first (the originals are closed), so
-    // that putting one in place never closes another still to be placed.
-    let die_move = |e: rustix::io::Errno| PROG.die_unable(EXIT_SYS, "move fd", &e.into());
+    // Each fd in turn goes to FIRST + k. Another fd still to be placed
+    // that has that number is first moved above FIRST + n; an fd already
+    // at its number only loses close-on-exec. So no more than one
+    // descriptor beyond those handed over is ever needed.
     let top = i32::try_from(FIRST as usize + n).unwrap_or(i32::MAX);
-    let high: Vec<OwnedFd> = held
-        .into_iter()
-        .map(|(_, fd)| rustix::io::fcntl_dupfd_cloexec(&fd, top).unwrap_or_else(die_move))
-        .collect();
-    for (i, fd) in (FIRST..).zip(&high) {
-        // dup2 gives a descriptor without close-on-exec.
-        if let Err(e) = crate::sys::dup2_number(fd.as_fd(), i) {
-            PROG.die_unable(EXIT_SYS, "move fd", &e);
+    let mut fds: Vec<Option<OwnedFd>> = held.into_iter().map(|(_, fd)| Some(fd)).collect();
+    let number = |fd: &OwnedFd| u32::try_from(fd.as_raw_fd()).ok();
+    for (k, target) in (0..n).zip(FIRST..) {
+        // Every fd not yet placed is in `fds` (a moved one is put back).
+        let Some(fd) = fds[k].take() else { continue };
+        if number(&fd) == Some(target) {
+            if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()) {
+                die_move(e.into())
+            }
+            // Handed over: open, with this number, to the program.
+            let _ = fd.into_raw_fd();
+            continue;
+        }
+        let later = fds[k + 1..].iter_mut().flatten();
+        if let Some(other) = later.into_iter().find(|f| number(f) == Some(target)) {
+            match rustix::io::fcntl_dupfd_cloexec(&*other, top) {
+                Ok(moved) => *other = moved,
+                Err(e) => die_move(e.into()),
+            }
+        }
+        // dup2 gives a descriptor without close-on-exec; the original goes.
+        if let Err(e) = crate::sys::dup2_number(fd.as_fd(), target) {
+            die_move(e)
         }
     }
-    drop(high);
     let var = |k: &str, v: Vec<u8>| (OsString::from(k), (n > 0).then(|| OsString::from_vec(v)));
     PROG.exec(
         prog,
