@@ -13,8 +13,15 @@
 //! 4. it drops the connection before returning: a service never keeps one of
 //!    the holder's connection slots for its life.
 //!
+//! With the cargo feature `tokio`, each helper has an async twin
+//! (`tcp_listener_async`, `unix_listener_async`, `udp_socket_async`,
+//! `memfd_async`, `take_or_store_async`) that takes the same steps and
+//! makes the same decisions, errors and races included (the code is
+//! shared), on the async client, without blocking the runtime.
+//!
 //! # Races
 //!
+
 //! Two instances that start at once may both find nothing held and both
 //! create. The holder takes the first store; the second gets `EBUSY`: that
 //! instance then drops what it created and retrieves the first one's, so
@@ -62,7 +69,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -341,9 +348,10 @@ impl Holder {
         id: &[u8],
         addr: impl ToSocketAddrs,
     ) -> Result<(TcpListener, Origin), Error> {
-        let (fd, origin) = self.take_or(id, check_tcp_listener, "TCP listener", &mut || {
-            TcpListener::bind(&addr).map(OwnedFd::from)
-        })?;
+        let (fd, origin) =
+            self.take_or(id, check_tcp_listener, "TCP listener", None, move || {
+                TcpListener::bind(&addr).map(OwnedFd::from)
+            })?;
         Ok((TcpListener::from(fd), origin))
     }
 
@@ -369,7 +377,7 @@ impl Holder {
         id: &[u8],
         addr: impl ToSocketAddrs,
     ) -> Result<(UdpSocket, Origin), Error> {
-        let (fd, origin) = self.take_or(id, check_udp, "UDP socket", &mut || {
+        let (fd, origin) = self.take_or(id, check_udp, "UDP socket", None, move || {
             UdpSocket::bind(&addr).map(OwnedFd::from)
         })?;
         Ok((UdpSocket::from(fd), origin))
@@ -402,28 +410,13 @@ impl Holder {
         path: impl AsRef<Path>,
     ) -> Result<(UnixListener, Origin), Error> {
         let path = path.as_ref();
-        let checker: Checker = check_unix_listener;
-        let what = "Unix listener";
-        if let Some(got) = self.inherited(id, checker, what)? {
-            return Ok((UnixListener::from(got.0), got.1));
-        }
-        let mut holder = self.connect()?;
-        if let Some(fd) = self.retrieve(&mut holder, id, checker, what)? {
-            return Ok((UnixListener::from(fd), Origin::Held));
-        }
-        // Not held: lock the directory, then look again (another instance
-        // may have stored it meanwhile) before touching the path.
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let _lock = self.lock_dir(dir)?;
-        if let Some(fd) = self.retrieve(&mut holder, id, checker, what)? {
-            return Ok((UnixListener::from(fd), Origin::Held));
-        }
-        let (fd, origin) = self.create_and_store(&mut holder, id, checker, what, &mut || {
-            bind_unix(path).map(OwnedFd::from)
-        })?;
+        let (fd, origin) = self.take_or(
+            id,
+            check_unix_listener,
+            "Unix listener",
+            Some(lock_dir_of(path)),
+            || bind_unix(path).map(OwnedFd::from),
+        )?;
         Ok((UnixListener::from(fd), origin))
     }
 
@@ -450,9 +443,8 @@ impl Holder {
     /// # }
     /// ```
     pub fn memfd(&self, id: &[u8], name: &str) -> Result<(File, Origin), Error> {
-        let (fd, origin) = self.take_or(id, check_file, "regular file", &mut || {
-            rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).map_err(io::Error::from)
-        })?;
+        let (fd, origin) =
+            self.take_or(id, check_file, "regular file", None, || create_memfd(name))?;
         Ok((File::from(fd), origin))
     }
 
@@ -482,20 +474,15 @@ impl Holder {
         id: &[u8],
         create: impl FnOnce() -> io::Result<OwnedFd>,
     ) -> Result<(OwnedFd, Origin), Error> {
-        let mut create = Some(create);
-        self.take_or(
-            id,
-            |_| Ok(true),
-            "descriptor",
-            &mut || match create.take() {
-                Some(f) => f(),
-                None => Err(Errno::INVAL.into()),
-            },
-        )
+        self.take_or(id, |_| Ok(true), "descriptor", None, once(create))
     }
 
-    fn connect(&self) -> Result<Client, Error> {
-        Client::connect(&self.path, self.deadline).map_err(Error::connecting)
+    fn connect(&self) -> Result<Blocking, Error> {
+        let client = Client::connect(&self.path, self.deadline).map_err(Error::connecting)?;
+        Ok(Blocking {
+            client,
+            deadline: self.deadline,
+        })
     }
 
     fn inherited(
@@ -519,65 +506,74 @@ impl Holder {
         }
     }
 
-    /// `Some` when held, `None` when not (`ENOENT`).
-    fn retrieve(
-        &self,
-        holder: &mut Client,
-        id: &[u8],
-        checker: Checker,
-        what: &'static str,
-    ) -> Result<Option<OwnedFd>, Error> {
-        match holder.retrieve(id, self.deadline) {
-            Ok(fd) => {
-                verify(&fd, checker, what)?;
-                Ok(Some(fd))
-            }
-            Err(e) if errno(&e) == Some(Errno::NOENT) => Ok(None),
-            Err(e) => Err(Error::request(e)),
-        }
-    }
-
-    fn take_or(
+    /// The blocking helpers: the launcher's, else the shared exchange on a
+    /// blocking connection.
+    fn take_or<F>(
         &self,
         id: &[u8],
         checker: Checker,
         what: &'static str,
-        create: &mut dyn FnMut() -> io::Result<OwnedFd>,
-    ) -> Result<(OwnedFd, Origin), Error> {
+        lock: Option<&Path>,
+        create: F,
+    ) -> Result<(OwnedFd, Origin), Error>
+    where
+        F: FnMut() -> io::Result<OwnedFd>,
+    {
         if let Some(got) = self.inherited(id, checker, what)? {
             return Ok(got);
         }
         let mut holder = self.connect()?;
-        if let Some(fd) = self.retrieve(&mut holder, id, checker, what)? {
-            return Ok((fd, Origin::Held));
-        }
-        self.create_and_store(&mut holder, id, checker, what, create)
+        at_once(self.exchange(&mut holder, id, checker, what, lock, create))
     }
 
-    fn create_and_store(
+    /// Every decision after the launcher's: retrieve; else (with `lock`, a
+    /// Unix path's directory: lock it and retrieve again) create, store,
+    /// and on a lost race or an address in use take the holder's. Written
+    /// once for both connections ([`Exchange`]).
+    async fn exchange<C, F>(
         &self,
-        holder: &mut Client,
+        holder: &mut C,
         id: &[u8],
         checker: Checker,
         what: &'static str,
-        create: &mut dyn FnMut() -> io::Result<OwnedFd>,
-    ) -> Result<(OwnedFd, Origin), Error> {
+        lock: Option<&Path>,
+        mut create: F,
+    ) -> Result<(OwnedFd, Origin), Error>
+    where
+        C: Exchange,
+        F: FnMut() -> io::Result<OwnedFd>,
+    {
+        if let Some(fd) = retrieve(holder, id, checker, what).await? {
+            return Ok((fd, Origin::Held));
+        }
+        // Not held: lock the directory, then look again (another instance
+        // may have stored it meanwhile) before touching the path.
+        let _lock = match lock {
+            None => None,
+            Some(dir) => {
+                let l = self.lock_dir(holder, dir).await?;
+                if let Some(fd) = retrieve(holder, id, checker, what).await? {
+                    return Ok((fd, Origin::Held));
+                }
+                Some(l)
+            }
+        };
         let fd = match create() {
             Ok(fd) => fd,
             Err(e) if errno(&e) == Some(Errno::ADDRINUSE) => {
-                return self.wait_held(holder, id, checker, what, e);
+                return self.wait_held(holder, id, checker, what, e).await;
             }
             Err(e) => return Err(Error::Io(e)),
         };
         let limit = self
             .expiry
             .map(|d| Tain::from_system_time(SystemTime::now() + d));
-        match holder.store(fd.as_fd(), id, limit, self.deadline) {
+        match holder.store(fd.as_fd(), id, limit).await {
             Ok(()) => Ok((fd, Origin::Created)),
             Err(e) if errno(&e) == Some(Errno::BUSY) => {
                 // Another instance stored first: serve on its descriptor.
                 drop(fd);
-                match self.retrieve(holder, id, checker, what)? {
+                match retrieve(holder, id, checker, what).await? {
                     Some(fd) => Ok((fd, Origin::Held)),
                     None => Err(Error::NotHeld),
                 }
@@ -587,9 +583,9 @@ impl Holder {
     }
 
     /// The address is in use: wait (bounded) for its owner to store it.
-    fn wait_held(
+    async fn wait_held<C: Exchange>(
         &self,
-        holder: &mut Client,
+        holder: &mut C,
         id: &[u8],
         checker: Checker,
         what: &'static str,
@@ -600,24 +596,25 @@ impl Holder {
             end = end.min(d);
         }
         loop {
-            if let Some(fd) = self.retrieve(holder, id, checker, what)? {
+            if let Some(fd) = retrieve(holder, id, checker, what).await? {
                 return Ok((fd, Origin::Held));
             }
             if Instant::now() >= end {
                 return Err(Error::Io(in_use));
             }
-            std::thread::sleep(PAUSE);
+            holder.pause().await;
         }
     }
 
-    /// An exclusive `flock` on `dir`, taken within the deadline.
-    fn lock_dir(&self, dir: &Path) -> Result<File, Error> {
+    /// An exclusive `flock` on `dir`, taken within the deadline (blocking
+    /// only on a blocking connection without a deadline).
+    async fn lock_dir<C: Exchange>(&self, holder: &mut C, dir: &Path) -> Result<File, Error> {
         use rustix::fs::FlockOperation;
         let f = File::open(dir).map_err(Error::Io)?;
         loop {
             let op = match self.deadline {
-                None => FlockOperation::LockExclusive,
-                Some(_) => FlockOperation::NonBlockingLockExclusive,
+                None if C::BLOCKING => FlockOperation::LockExclusive,
+                _ => FlockOperation::NonBlockingLockExclusive,
             };
             match rustix::fs::flock(&f, op) {
                 Ok(()) => return Ok(f),
@@ -626,11 +623,320 @@ impl Holder {
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::TimedOut);
                     }
-                    std::thread::sleep(PAUSE);
+                    holder.pause().await;
                 }
                 Err(e) => return Err(Error::Io(e.into())),
             }
         }
+    }
+}
+
+/// The async helpers (cargo feature `tokio`): the same steps, decisions,
+/// errors and races as the blocking ones, on an
+/// [`AsyncClient`](crate::asynchronous::AsyncClient). They never block the
+/// runtime's thread on the holder: the waits (for an address's owner to
+/// store it, for the Unix path's directory lock) are `tokio::time::sleep`s,
+/// and the deadline is a `tokio::time::timeout_at` around the exchange, so
+/// they need a runtime with its I/O and time drivers enabled (`enable_all`,
+/// as `#[tokio::main]` does). What is left on the thread is what takes no
+/// waiting: `bind`, `memfd_create`, opening the directory, `pidfd_getfd`
+/// for [`Holder::inherit`]; an address given as a host name (not an IP
+/// literal) is resolved on it, blocking: resolve it first
+/// (`tokio::net::lookup_host`) and pass a [`std::net::SocketAddr`].
+///
+/// The futures are `Send` when the arguments are: spawn them on the
+/// multi-threaded runtime.
+#[cfg(feature = "tokio")]
+impl Holder {
+    /// [`Holder::tcp_listener`], async.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::tcp_listener`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (listener, _origin) = holder.tcp_listener_async(b"web/listen", "[::]:8080").await?;
+    /// listener.set_nonblocking(true).map_err(fdholder::restart::Error::Io)?;
+    /// let listener = tokio::net::TcpListener::from_std(listener).map_err(fdholder::restart::Error::Io)?;
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn tcp_listener_async(
+        &self,
+        id: &[u8],
+        addr: impl ToSocketAddrs,
+    ) -> Result<(TcpListener, Origin), Error> {
+        let create = move || TcpListener::bind(&addr).map(OwnedFd::from);
+        let (fd, origin) = self
+            .take_or_async(id, check_tcp_listener, "TCP listener", None, create)
+            .await?;
+        Ok((TcpListener::from(fd), origin))
+    }
+
+    /// [`Holder::udp_socket`], async.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::tcp_listener`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (sock, _origin) = holder.udp_socket_async(b"dns/udp", "127.0.0.1:5353").await?;
+    /// # drop(sock);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn udp_socket_async(
+        &self,
+        id: &[u8],
+        addr: impl ToSocketAddrs,
+    ) -> Result<(UdpSocket, Origin), Error> {
+        let create = move || UdpSocket::bind(&addr).map(OwnedFd::from);
+        let (fd, origin) = self
+            .take_or_async(id, check_udp, "UDP socket", None, create)
+            .await?;
+        Ok((UdpSocket::from(fd), origin))
+    }
+
+    /// [`Holder::unix_listener`], async, with the same
+    /// [path rule](self#the-unix-socket-path-rule) and the same directory
+    /// lock (so blocking and async instances serialise with each other).
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::unix_listener`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (listener, _origin) = holder.unix_listener_async(b"app/listen", "/run/app.sock").await?;
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unix_listener_async(
+        &self,
+        id: &[u8],
+        path: impl AsRef<Path>,
+    ) -> Result<(UnixListener, Origin), Error> {
+        let path = path.as_ref();
+        let (fd, origin) = self
+            .take_or_async(
+                id,
+                check_unix_listener,
+                "Unix listener",
+                Some(lock_dir_of(path)),
+                || bind_unix(path).map(OwnedFd::from),
+            )
+            .await?;
+        Ok((UnixListener::from(fd), origin))
+    }
+
+    /// [`Holder::memfd`], async.
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::memfd`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (state, _origin) = holder.memfd_async(b"app/state", "app-state").await?;
+    /// # drop(state);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn memfd_async(&self, id: &[u8], name: &str) -> Result<(File, Origin), Error> {
+        let (fd, origin) = self
+            .take_or_async(id, check_file, "regular file", None, || create_memfd(name))
+            .await?;
+        Ok((File::from(fd), origin))
+    }
+
+    /// [`Holder::take_or_store`], async (`create` runs on the task: it
+    /// should not block).
+    ///
+    /// # Errors
+    ///
+    /// As [`Holder::take_or_store`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::os::fd::OwnedFd;
+    /// # async fn f() -> Result<(), fdholder::restart::Error> {
+    /// let holder = fdholder::restart::Holder::new("/run/fdholder/s");
+    /// let (fd, _origin) = holder
+    ///     .take_or_store_async(b"app/log", || Ok(OwnedFd::from(std::fs::File::create("/tmp/app.log")?)))
+    ///     .await?;
+    /// # drop(fd);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn take_or_store_async(
+        &self,
+        id: &[u8],
+        create: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> Result<(OwnedFd, Origin), Error> {
+        self.take_or_async(id, |_| Ok(true), "descriptor", None, once(create))
+            .await
+    }
+
+    /// The async helpers: the launcher's, else the shared exchange on an
+    /// async connection, within the deadline.
+    async fn take_or_async<F>(
+        &self,
+        id: &[u8],
+        checker: Checker,
+        what: &'static str,
+        lock: Option<&Path>,
+        create: F,
+    ) -> Result<(OwnedFd, Origin), Error>
+    where
+        F: FnMut() -> io::Result<OwnedFd>,
+    {
+        if let Some(got) = self.inherited(id, checker, what)? {
+            return Ok(got);
+        }
+        let run = async {
+            let client = crate::asynchronous::AsyncClient::connect(&self.path)
+                .await
+                .map_err(Error::connecting)?;
+            let mut holder = Async(client);
+            self.exchange(&mut holder, id, checker, what, lock, create)
+                .await
+        };
+        match self.deadline {
+            None => run.await,
+            // As the blocking client: a deadline already past fails at
+            // once (tokio's timeout would poll the exchange first).
+            Some(d) if Instant::now() >= d => Err(Error::TimedOut),
+            Some(d) => tokio::time::timeout_at(d.into(), run)
+                .await
+                .unwrap_or(Err(Error::TimedOut)),
+        }
+    }
+}
+
+/// The async client; the deadline is the caller's `timeout_at`.
+#[cfg(feature = "tokio")]
+struct Async(crate::asynchronous::AsyncClient);
+
+#[cfg(feature = "tokio")]
+impl Exchange for Async {
+    const BLOCKING: bool = false;
+    async fn retrieve(&mut self, id: &[u8]) -> io::Result<OwnedFd> {
+        self.0.retrieve(id).await
+    }
+    async fn store(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        id: &[u8],
+        limit: Option<Tain>,
+    ) -> io::Result<()> {
+        self.0.store(fd, id, limit).await
+    }
+    async fn pause(&mut self) {
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+/// `create` as the `FnMut` the exchange takes (it calls it once at most).
+fn once(create: impl FnOnce() -> io::Result<OwnedFd>) -> impl FnMut() -> io::Result<OwnedFd> {
+    let mut create = Some(create);
+    move || match create.take() {
+        Some(f) => f(),
+        None => Err(Errno::INVAL.into()),
+    }
+}
+
+fn create_memfd(name: &str) -> io::Result<OwnedFd> {
+    rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).map_err(io::Error::from)
+}
+
+/// The directory whose lock serialises binds of the Unix path `path`.
+fn lock_dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `Some` when held, `None` when not (`ENOENT`).
+async fn retrieve<C: Exchange>(
+    holder: &mut C,
+    id: &[u8],
+    checker: Checker,
+    what: &'static str,
+) -> Result<Option<OwnedFd>, Error> {
+    match holder.retrieve(id).await {
+        Ok(fd) => {
+            verify(&fd, checker, what)?;
+            Ok(Some(fd))
+        }
+        Err(e) if errno(&e) == Some(Errno::NOENT) => Ok(None),
+        Err(e) => Err(Error::request(e)),
+    }
+}
+
+/// A connection to the holder as the helpers' decisions use it: blocking
+/// ([`Blocking`], whose futures are ready at their first poll) or, with
+/// the `tokio` feature, async. The requests themselves are the clients'.
+trait Exchange {
+    /// Whether the thread may block (in `flock`) rather than pause.
+    const BLOCKING: bool;
+    async fn retrieve(&mut self, id: &[u8]) -> io::Result<OwnedFd>;
+    async fn store(&mut self, fd: BorrowedFd<'_>, id: &[u8], limit: Option<Tain>)
+    -> io::Result<()>;
+    /// Waits a moment before trying again.
+    async fn pause(&mut self);
+}
+
+/// The blocking client, its deadline on every request.
+struct Blocking {
+    client: Client,
+    deadline: Deadline,
+}
+
+impl Exchange for Blocking {
+    const BLOCKING: bool = true;
+    async fn retrieve(&mut self, id: &[u8]) -> io::Result<OwnedFd> {
+        self.client.retrieve(id, self.deadline)
+    }
+    async fn store(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        id: &[u8],
+        limit: Option<Tain>,
+    ) -> io::Result<()> {
+        self.client.store(fd, id, limit, self.deadline)
+    }
+    async fn pause(&mut self) {
+        std::thread::sleep(PAUSE);
+    }
+}
+
+/// Runs a future that never waits (one on [`Blocking`]) to completion.
+fn at_once<T>(f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("a blocking exchange never waits"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The library's tokio client (`fdholder::asynchronous`, cargo feature
-//! `tokio`) against real daemons, on the multi-threaded runtime. Built only
+//! `tokio`) and the async restart helpers (`restart::Holder::*_async`)
+//! against real daemons, on the multi-threaded runtime. Built only
 //! with this crate's feature `tokio-tests`, so that the plain `cargo test`
 //! does not compile tokio:
 //!
@@ -13,8 +14,9 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use common::{Daemon, Impl, entries_for, have_reference, identity, tmpdir};
+use common::{Daemon, Impl, entries_for, have_reference, identity, rules_with, tmpdir};
 use fdholder::asynchronous::AsyncClient;
+use fdholder::restart::{Error, Holder, Origin};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -182,4 +184,156 @@ fn connect_errors_and_fd_round_trip() {
         let mut b = fdholder::Client::from_fd(c.into_fd().unwrap());
         assert!(b.list(None).unwrap().is_empty());
     });
+}
+
+// ---- The async restart helpers.
+
+fn holder(d: &Daemon) -> Holder {
+    Holder::new(&d.sock).deadline(std::time::Instant::now() + Duration::from_secs(10))
+}
+
+#[test]
+fn async_helpers_first_start_creates_restart_gets_the_same() {
+    let rt = runtime();
+    for which in impls() {
+        let d = Daemon::start(which);
+        let h = holder(&d);
+        let path = d.dir.join("svc.sock");
+        // Every helper in a spawned task (a Send future), twice: created
+        // and stored, then the very same descriptor back.
+        let got = rt
+            .block_on(rt.spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    let (t, ot) = bounded(h.tcp_listener_async(b"tcp", "127.0.0.1:0"))
+                        .await
+                        .unwrap();
+                    let (u, ou) = bounded(h.unix_listener_async(b"unix", &path))
+                        .await
+                        .unwrap();
+                    let (s, os) = bounded(h.udp_socket_async(b"udp", "127.0.0.1:0"))
+                        .await
+                        .unwrap();
+                    let (m, om) = bounded(h.memfd_async(b"mem", "mem")).await.unwrap();
+                    got.push((
+                        [ot, ou, os, om],
+                        [identity(&t), identity(&u), identity(&s), identity(&m)],
+                    ));
+                }
+                got
+            }))
+            .unwrap();
+        assert_eq!(got[0].0, [Origin::Created; 4]);
+        assert_eq!(got[1].0, [Origin::Held; 4]);
+        assert_eq!(got[0].1, got[1].1);
+        let mut ids = d
+            .client()
+            .list(Some(std::time::Instant::now() + Duration::from_secs(10)))
+            .unwrap();
+        ids.sort();
+        assert_eq!(ids, [&b"mem"[..], b"tcp", b"udp", b"unix"]);
+    }
+}
+
+#[test]
+fn async_helpers_refused_and_unreachable() {
+    let rt = runtime();
+    let dir = tmpdir("async-restart-errors");
+    let rules = rules_with(
+        &dir,
+        "rules",
+        &[
+            ("S6_FDHOLDER_RETRIEVE_REGEX", Some("")),
+            ("S6_FDHOLDER_STORE_REGEX", Some("^other")),
+        ],
+    );
+    let d = Daemon::with_rules(Impl::Ours, "-i", rules);
+    let h = holder(&d);
+    let nothing = dir.join("nothing");
+    rt.block_on(rt.spawn(async move {
+        // Retrieve allowed, store refused.
+        let e = bounded(h.tcp_listener_async(b"mine", "127.0.0.1:0"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Refused), "{e:?}");
+        let e = bounded(h.memfd_async(b"mine", "x")).await.unwrap_err();
+        assert!(matches!(e, Error::Refused), "{e:?}");
+        // No holder.
+        let e = bounded(Holder::new(&nothing).memfd_async(b"state", "state"))
+            .await
+            .unwrap_err();
+        match &e {
+            Error::Unreachable(io) => assert_eq!(io.raw_os_error(), Some(libc::ENOENT)),
+            e => panic!("{e:?}"),
+        }
+        // A deadline already past.
+        let e = bounded(
+            Holder::new(&nothing)
+                .deadline(std::time::Instant::now())
+                .memfd_async(b"state", "state"),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, Error::TimedOut), "{e:?}");
+    }))
+    .unwrap();
+}
+
+#[test]
+fn async_helpers_deadline_on_a_mute_holder() {
+    let rt = runtime();
+    let dir = tmpdir("async-restart-mute");
+    let mute = UnixListener::bind(dir.join("mute")).unwrap();
+    let h = Holder::new(dir.join("mute"))
+        .deadline(std::time::Instant::now() + Duration::from_millis(100));
+    let e = rt
+        .block_on(rt.spawn(async move { bounded(h.memfd_async(b"state", "state")).await }))
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, Error::TimedOut), "{e:?}");
+    drop(mute);
+}
+
+#[test]
+fn async_concurrent_starts_all_serve_one_descriptor() {
+    let rt = runtime();
+    let d = Daemon::start(Impl::Ours);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = d.dir.join("one.sock");
+    // 4 tasks at once on 2 worker threads: the losers of the TCP bind
+    // (EADDRINUSE) wait for the winner's store, the Unix ones queue on the
+    // directory lock, the memfd losers get EBUSY; all pause with tokio's
+    // timer, not the thread's sleep (which would starve the winner's task
+    // on a runtime this small).
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let h = holder(&d);
+            let path = path.clone();
+            rt.spawn(async move {
+                let (t, ot) = h
+                    .tcp_listener_async(b"tcp", ("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let (u, ou) = h.unix_listener_async(b"unix", &path).await.unwrap();
+                let (m, om) = h.memfd_async(b"mem", "mem").await.unwrap();
+                [(ot, identity(&t)), (ou, identity(&u)), (om, identity(&m))]
+            })
+        })
+        .collect();
+    let got: Vec<_> = rt.block_on(async {
+        let mut v = Vec::new();
+        for t in tasks {
+            v.push(bounded(t).await.unwrap());
+        }
+        v
+    });
+    for k in 0..3 {
+        let created = got.iter().filter(|g| g[k].0 == Origin::Created).count();
+        assert_eq!(created, 1, "{k}: {got:?}");
+        assert!(got.iter().all(|g| g[k].1 == got[0][k].1), "{k}: {got:?}");
+    }
 }
