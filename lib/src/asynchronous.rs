@@ -55,6 +55,25 @@ use crate::tain::Tain;
 use crate::wire::{self, MAX_FDS, Receiver, Sender};
 
 /// A connection to an fd-holding daemon, for tokio.
+///
+/// Each request takes `&mut self`: one exchange at a time per connection
+/// (connect more for concurrent requests). For restarts,
+/// [`crate::restart::Holder`]'s `*_async` helpers connect, exchange and
+/// disconnect in one call.
+///
+/// # Example
+///
+/// ```no_run
+/// use fdholder::asynchronous::AsyncClient;
+///
+/// # async fn f() -> std::io::Result<()> {
+/// let mut c = AsyncClient::connect("/run/fdholder/s").await?;
+/// let listener = std::net::TcpListener::from(c.retrieve(b"web/listen").await?);
+/// drop(c); // do not keep one of the daemon's connection slots
+/// # drop(listener);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct AsyncClient {
     sock: UnixStream,

@@ -62,6 +62,17 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::io::Errno;
 
 /// Who passed a descriptor.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::launch::{passed, Launcher};
+/// # fn main() -> std::io::Result<()> {
+/// let from_systemd = passed()?.iter().filter(|p| p.launcher == Launcher::Systemd).count();
+/// eprintln!("systemd passed {from_systemd} descriptors");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Launcher {
@@ -73,6 +84,18 @@ pub enum Launcher {
 }
 
 /// A descriptor the launcher passed.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let web = fdholder::launch::passed()?.into_iter().find(|p| p.name == b"web");
+/// if let Some(p) = web {
+///     eprintln!("web is fd {}, from {:?}", p.fd, p.launcher);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passed {
     /// Who passed it.

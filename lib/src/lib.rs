@@ -19,47 +19,70 @@
 //! `fdholder-suite` crate, which uses this one for everything it says on the
 //! wire: the protocol is written once.
 //!
-//! # A zero-downtime restart
+//! # A zero-downtime restart in 20 lines
+//!
+//! A service that takes its listening socket through [`restart::Holder`]
+//! can be stopped and started again at any time: the holder keeps the
+//! socket open meanwhile, clients queue in its backlog, and the next
+//! process serves them on the very same socket.
 //!
 //! ```no_run
-//! use std::os::fd::AsFd;
-//! use std::os::unix::net::UnixListener;
-//! use fdholder::Client;
+//! use std::io::Write;
+//! use std::time::{Duration, Instant};
+//! use fdholder::restart::{Holder, Origin};
 //!
-//! # fn main() -> std::io::Result<()> {
-//! let mut holder = Client::connect("/run/fdholder/s", None)?;
-//! // First run: bind, then hand a copy to the holder before serving.
-//! let listener = match holder.retrieve(b"myservice/listen", None) {
-//!     Ok(fd) => UnixListener::from(fd),
-//!     Err(_) => {
-//!         let l = UnixListener::bind("/run/myservice.sock")?;
-//!         holder.store(l.as_fd(), b"myservice/listen", None, None)?;
-//!         l
+//! fn main() -> std::io::Result<()> {
+//!     // Launched by systemd or s6-fdholder-getdump: take what it passed.
+//!     let holder = Holder::new("/run/fdholder/s")
+//!         .deadline(Instant::now() + Duration::from_secs(5))
+//!         .inherit();
+//!     // One short exchange: connect, retrieve (or bind and store), disconnect.
+//!     let (listener, origin) = holder.unix_listener(b"myservice/listen", "/run/myservice.sock")?;
+//!     if origin == Origin::Created {
+//!         eprintln!("first start: bound /run/myservice.sock, a copy is held");
 //!     }
-//! };
-//! // Do not keep the holder's connection for the life of the service: it
-//! // takes one of the daemon's connection slots.
-//! drop(holder);
-//! // ... serve on `listener`, exit at any time: the next process gets the
-//! // very same listening socket back, and no connection is refused meanwhile.
-//! # drop(listener);
-//! # Ok(())
-//! # }
+//!     // No remove_file("/run/myservice.sock") here, nor at exit.
+//!     for conn in listener.incoming() {
+//!         conn?.write_all(b"hello\n")?;
+//!     }
+//!     Ok(())
+//! }
 //! ```
 //!
-//! [`restart::Holder`] does all of that in one call, races between two
-//! instances starting at once and stale Unix socket files included, with a
-//! typed error ([`restart::Error`]); with [`restart::Holder::inherit`] it
-//! takes what systemd or `s6-fdholder-getdump` passed first ([`launch`]):
+//! What it avoids:
 //!
-//! ```no_run
-//! # fn main() -> Result<(), fdholder::restart::Error> {
-//! let holder = fdholder::restart::Holder::new("/run/fdholder/s").inherit();
-//! let (listener, _origin) = holder.unix_listener(b"myservice/listen", "/run/myservice.sock")?;
-//! # drop(listener);
-//! # Ok(())
-//! # }
-//! ```
+//! - **No connection to the holder stays open.** Each helper connects,
+//!   makes its one or two requests and disconnects before returning (so does
+//!   the async twin, `unix_listener_async`, with the feature `tokio`). A
+//!   connection kept for the life of the service takes one of the daemon's
+//!   connection slots (`-c`) for nothing.
+//! - **The socket path is never unlinked while the holder serves it.** Do not
+//!   `remove_file` the path before binding or at exit, as services usually
+//!   do: the held socket is bound to that path, and once it is unlinked new
+//!   clients get `ENOENT` (or reach another socket) although the holder
+//!   still holds the listener. The helper follows [its
+//!   rule](restart#the-unix-socket-path-rule): a held socket's path is not
+//!   touched; only when the holder holds nothing is a socket file at the
+//!   path removed, and only if a connect to it is refused (nobody listens).
+//! - **The rules give both rights on the id.** The first start stores
+//!   (`S6_FDHOLDER_STORE_REGEX` must match the id), every later one
+//!   retrieves (`S6_FDHOLDER_RETRIEVE_REGEX` must match it): with only one
+//!   of them the helper fails with [`restart::Error::Refused`]. For a
+//!   service running as uid 1000 and a holder started with `-i rules`:
+//!
+//!   ```text
+//!   rules/uid/1000/allow                            (empty)
+//!   rules/uid/1000/env/S6_FDHOLDER_STORE_REGEX      ^myservice/
+//!   rules/uid/1000/env/S6_FDHOLDER_RETRIEVE_REGEX   ^myservice/
+//!   ```
+//!
+//! A listener stored once stays held until deleted (or until the expiry
+//! given with [`restart::Holder::expiry`]): to move the service to another
+//! path, delete the id (`s6-fdholder-delete /run/fdholder/s
+//! myservice/listen`). [`restart::Holder::tcp_listener`],
+//! [`restart::Holder::udp_socket`] and [`restart::Holder::memfd`] (state
+//! kept across restarts) work the same way; [`Client`] makes the requests
+//! one by one.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
