@@ -49,7 +49,7 @@ use rustix::io::Errno;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use crate::client::{DumpEntry, DumpEntryRef};
+use crate::client::{self, DumpEntry, DumpEntryRef};
 use crate::proto;
 use crate::tain::Tain;
 use crate::wire::{self, MAX_FDS, Receiver, Sender};
@@ -391,34 +391,13 @@ impl AsyncClient {
                 return Err(e);
             }
         };
-        // As the blocking client: any split into chunks is accepted, as long
-        // as every chunk carries fds and they add up.
-        if body.len() != 8 || !fds.is_empty() {
-            return Err(proto::eproto());
-        }
-        let chunks = proto::be32(&body[..4]).ok_or_else(proto::eproto)? as usize;
-        let total = proto::be32(&body[4..]).ok_or_else(proto::eproto)? as usize;
-        if chunks > total || (total > 0 && chunks == 0) {
-            return Err(proto::eproto());
-        }
+        let (chunks, total) = client::dump_header(body, &fds)?;
         let mut dump = Vec::with_capacity(total.min(1 << 16));
         for _ in 0..chunks {
             let (payload, fds) = self.recv().await?;
-            if fds.is_empty() || dump.len() + fds.len() > total {
-                return Err(proto::eproto());
-            }
-            let entries = proto::parse_entries(&payload, fds.len()).ok_or_else(proto::eproto)?;
-            for ((limit, id), fd) in entries.into_iter().zip(fds) {
-                dump.push(DumpEntry {
-                    id: id.to_bytes().to_vec(),
-                    fd,
-                    limit,
-                });
-            }
+            client::take_dump_chunk(&mut dump, total, &payload, fds)?;
         }
-        if dump.len() != total {
-            return Err(proto::eproto());
-        }
+        let dump = client::dump_complete(dump, total)?;
         self.broken = false;
         Ok(dump)
     }
@@ -458,40 +437,22 @@ impl AsyncClient {
                 return Err(e);
             }
         };
-        if !fds.is_empty() || proto::be32(body).is_none() {
-            return Err(proto::eproto());
-        }
+        client::setdump_accepted(body, &fds)?;
         if dump.is_empty() {
             self.broken = false;
             return Ok(());
         }
         let n = dump.len().div_ceil(MAX_FDS);
-        let again = Errno::AGAIN.raw_os_error();
         for (i, chunk) in dump.chunks(MAX_FDS).enumerate() {
-            let mut payload = Vec::with_capacity(
-                1 + chunk
-                    .iter()
-                    .map(|e| proto::entry_len(e.id.len()))
-                    .sum::<usize>(),
-            );
-            payload.push(proto::OP_SETDUMP_CHUNK);
-            for e in chunk {
-                proto::push_entry(&mut payload, e.limit, e.id);
-            }
-            self.send(payload, chunk.iter().map(|e| e.fd).collect())
-                .await?;
+            self.send(
+                client::setdump_chunk(chunk),
+                chunk.iter().map(|e| e.fd).collect(),
+            )
+            .await?;
             let (ans, fds) = self.recv().await?;
-            let last = i + 1 == n;
-            match (ans.as_slice(), fds.is_empty()) {
-                ([0], true) if last => {}
-                ([e], true) if !last && i32::from(*e) == again => {}
-                ([e], true) if *e != 0 && i32::from(*e) != again => {
-                    // What the daemon makes of the rest is not known: the
-                    // client stays broken.
-                    return Err(io::Error::from_raw_os_error(i32::from(*e)));
-                }
-                _ => return Err(proto::eproto()),
-            }
+            // After a refusal, what the daemon makes of the rest is not
+            // known: the client stays broken.
+            client::setdump_chunk_answer(&ans, &fds, i + 1 == n)?;
         }
         self.broken = false;
         Ok(())

@@ -265,37 +265,13 @@ impl Client {
     pub fn getdump(&mut self, deadline: Deadline) -> io::Result<Vec<DumpEntry>> {
         self.send(vec![proto::OP_GETDUMP], vec![], deadline)?;
         let (ans, fds) = self.recv(deadline)?;
-        let body = proto::answer_error(&ans)?;
-        if body.len() != 8 || !fds.is_empty() {
-            return Err(proto::eproto());
-        }
-        let chunks = proto::be32(&body[..4]).ok_or_else(proto::eproto)? as usize;
-        let total = proto::be32(&body[4..]).ok_or_else(proto::eproto)? as usize;
-        // Any split into chunks is accepted, as long as every chunk carries
-        // fds and they add up: the reference counts chunks of 255 (a limit
-        // the kernel does not allow), our daemon chunks of 253.
-        if chunks > total || (total > 0 && chunks == 0) {
-            return Err(proto::eproto());
-        }
+        let (chunks, total) = dump_header(proto::answer_error(&ans)?, &fds)?;
         let mut dump = Vec::with_capacity(total.min(1 << 16));
         for _ in 0..chunks {
             let (payload, fds) = self.recv(deadline)?;
-            if fds.is_empty() || dump.len() + fds.len() > total {
-                return Err(proto::eproto());
-            }
-            let entries = proto::parse_entries(&payload, fds.len()).ok_or_else(proto::eproto)?;
-            for ((limit, id), fd) in entries.into_iter().zip(fds) {
-                dump.push(DumpEntry {
-                    id: id.to_bytes().to_vec(),
-                    fd,
-                    limit,
-                });
-            }
+            take_dump_chunk(&mut dump, total, &payload, fds)?;
         }
-        if dump.len() != total {
-            return Err(proto::eproto());
-        }
-        Ok(dump)
+        dump_complete(dump, total)
     }
 
     /// Sends a set of fds to the daemon, which adds them to what it holds
@@ -308,39 +284,103 @@ impl Client {
             u32::try_from(dump.len()).map_err(|_| io::Error::from(rustix::io::Errno::NFILE))?;
         self.send(proto::setdump(total), vec![], deadline)?;
         let (ans, fds) = self.recv(deadline)?;
-        let body = proto::answer_error(&ans)?;
-        // The announced chunk count is not checked: the reference daemon
-        // counts chunks of 255 fds, which no kernel lets through in one
-        // message. We send chunks of 253; the daemon answers EAGAIN until it
-        // has received every fd it was announced, whatever the split.
-        if !fds.is_empty() || proto::be32(body).is_none() {
-            return Err(proto::eproto());
-        }
+        setdump_accepted(proto::answer_error(&ans)?, &fds)?;
         let n = dump.len().div_ceil(MAX_FDS);
         for (i, chunk) in dump.chunks(MAX_FDS).enumerate() {
-            let mut payload = Vec::with_capacity(
-                1 + chunk
-                    .iter()
-                    .map(|e| proto::entry_len(e.id.len()))
-                    .sum::<usize>(),
-            );
-            payload.push(proto::OP_SETDUMP_CHUNK);
-            for e in chunk {
-                proto::push_entry(&mut payload, e.limit, e.id);
-            }
-            self.send(payload, chunk.iter().map(|e| e.fd).collect(), deadline)?;
+            self.send(
+                setdump_chunk(chunk),
+                chunk.iter().map(|e| e.fd).collect(),
+                deadline,
+            )?;
             let (ans, fds) = self.recv(deadline)?;
-            let last = i + 1 == n;
-            match (ans.as_slice(), fds.is_empty()) {
-                ([0], true) if last => {}
-                ([e], true) if !last && *e as i32 == rustix::io::Errno::AGAIN.raw_os_error() => {}
-                ([e], true) if *e != 0 && *e as i32 != rustix::io::Errno::AGAIN.raw_os_error() => {
-                    return Err(io::Error::from_raw_os_error(*e as i32));
-                }
-                _ => return Err(proto::eproto()),
-            }
+            setdump_chunk_answer(&ans, &fds, i + 1 == n)?;
         }
         Ok(())
+    }
+}
+
+// The steps of the two dump exchanges, written once for the blocking and
+// the async client.
+
+/// Checks a getdump answer's header (`0`, chunks, total; no fd) and returns
+/// (chunks, total). Any split into chunks is accepted, as long as every
+/// chunk carries fds and they add up: the reference counts chunks of 255
+/// (a limit the kernel does not allow), our daemon chunks of 253.
+pub(crate) fn dump_header(body: &[u8], fds: &[OwnedFd]) -> io::Result<(usize, usize)> {
+    if body.len() != 8 || !fds.is_empty() {
+        return Err(proto::eproto());
+    }
+    let chunks = proto::be32(&body[..4]).ok_or_else(proto::eproto)? as usize;
+    let total = proto::be32(&body[4..]).ok_or_else(proto::eproto)? as usize;
+    if chunks > total || (total > 0 && chunks == 0) {
+        return Err(proto::eproto());
+    }
+    Ok((chunks, total))
+}
+
+/// Adds one getdump chunk to `dump`, which must stay within `total`.
+pub(crate) fn take_dump_chunk(
+    dump: &mut Vec<DumpEntry>,
+    total: usize,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> io::Result<()> {
+    if fds.is_empty() || dump.len() + fds.len() > total {
+        return Err(proto::eproto());
+    }
+    let entries = proto::parse_entries(payload, fds.len()).ok_or_else(proto::eproto)?;
+    for ((limit, id), fd) in entries.into_iter().zip(fds) {
+        dump.push(DumpEntry {
+            id: id.to_bytes().to_vec(),
+            fd,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The dump, once every chunk is in: exactly `total` entries.
+pub(crate) fn dump_complete(dump: Vec<DumpEntry>, total: usize) -> io::Result<Vec<DumpEntry>> {
+    if dump.len() != total {
+        return Err(proto::eproto());
+    }
+    Ok(dump)
+}
+
+/// Checks the daemon's acceptance of a setdump (`0` and a chunk count, no
+/// fd). The announced chunk count is not checked: the reference daemon
+/// counts chunks of 255 fds, which no kernel lets through in one message.
+/// We send chunks of 253; the daemon answers EAGAIN until it has received
+/// every fd it was announced, whatever the split.
+pub(crate) fn setdump_accepted(body: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+    if !fds.is_empty() || proto::be32(body).is_none() {
+        return Err(proto::eproto());
+    }
+    Ok(())
+}
+
+/// The payload of one setdump chunk (its fds go with it).
+pub(crate) fn setdump_chunk(chunk: &[DumpEntryRef<'_>]) -> Vec<u8> {
+    let len: usize = chunk.iter().map(|e| proto::entry_len(e.id.len())).sum();
+    let mut payload = Vec::with_capacity(1 + len);
+    payload.push(proto::OP_SETDUMP_CHUNK);
+    for e in chunk {
+        proto::push_entry(&mut payload, e.limit, e.id);
+    }
+    payload
+}
+
+/// Checks the answer to a setdump chunk: EAGAIN after every chunk but the
+/// last, 0 after the last; another errno is the daemon's refusal.
+pub(crate) fn setdump_chunk_answer(ans: &[u8], fds: &[OwnedFd], last: bool) -> io::Result<()> {
+    let again = rustix::io::Errno::AGAIN.raw_os_error();
+    match (ans, fds.is_empty()) {
+        ([0], true) if last => Ok(()),
+        ([e], true) if !last && i32::from(*e) == again => Ok(()),
+        ([e], true) if *e != 0 && i32::from(*e) != again => {
+            Err(io::Error::from_raw_os_error(i32::from(*e)))
+        }
+        _ => Err(proto::eproto()),
     }
 }
 
