@@ -145,6 +145,21 @@ impl Prog {
         (deadline, args)
     }
 
+    /// Parses the command line of a program whose options are `-D`
+    /// (delete what is handed over) and `-t timeout`: returns whether `-D`
+    /// was given, the deadline and the operands.
+    pub fn getopt_delete_timeout(&self) -> (bool, Deadline, Vec<OsString>) {
+        let (opts, args) = self.getopt("Dt:");
+        let (mut delete, mut deadline) = (false, None);
+        for (c, v) in opts {
+            match c {
+                'D' => delete = true,
+                _ => deadline = self.timeout(&v),
+            }
+        }
+        (delete, deadline, args)
+    }
+
     /// Parses a `-t timeout` value (milliseconds, 0 = none) into a deadline.
     pub fn timeout(&self, s: &OsStr) -> Deadline {
         deadline_ms(self.uint(s))

@@ -10,15 +10,7 @@ const PROG: Prog = Prog {
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
-    let (opts, args) = PROG.getopt("Dt:");
-    let (mut delete, mut deadline) = (false, None);
-    for (c, v) in opts {
-        match c {
-            'D' => delete = true,
-            't' => deadline = PROG.timeout(&v),
-            _ => PROG.die_usage(),
-        }
-    }
+    let (delete, deadline, args) = PROG.getopt_delete_timeout();
     let [socket, id, prog @ ..] = &args[..] else {
         PROG.die_usage()
     };
