@@ -9,6 +9,7 @@
 //! program re-executed with `--worker`). Each measurement alternates the two
 //! daemons (A B A B ...) and the table shows medians.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +19,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use fdholder::proto::{self, Request};
 use fdholder::wire::{Receiver, Sender};
 use fdholder::{Client, DumpEntryRef, Tain};
 
@@ -307,26 +309,41 @@ fn load_on(kind: &str, sock: &Path, n: usize, millis: u64, cpu: Option<usize>) -
     rate
 }
 
-/// A floor server's answer to the session request `op` (store, retrieve,
-/// delete): it keeps the stored fd and sends it back by reference, as the
-/// daemons do (no `dup`), with no check of any kind.
+/// The fds a floor server holds, by id.
+type Held = HashMap<Vec<u8>, Rc<OwnedFd>>;
+
+/// A floor server's answer to the request `payload` (store, retrieve,
+/// delete), parsed by the library's parser: it keeps a stored fd by id and
+/// sends it back by reference, as the daemons do (no `dup`), with no check
+/// of any kind (no rules, no credentials, no limits).
 fn floor_answer(
-    op: Option<u8>,
-    fd: Option<OwnedFd>,
-    held: &mut Option<Rc<OwnedFd>>,
+    payload: &[u8],
+    mut fds: Vec<OwnedFd>,
+    held: &mut Held,
     tx: &mut Sender<Rc<OwnedFd>>,
 ) {
-    match op {
-        Some(b'S') => {
-            *held = fd.map(Rc::new);
+    match proto::parse_request(payload, fds.len()) {
+        Some(Request::Store { id, .. }) => {
+            if let Some(fd) = fds.pop() {
+                held.insert(id.to_bytes().to_vec(), Rc::new(fd));
+            }
             tx.push(vec![0], vec![]);
         }
-        Some(b'R') => tx.push(vec![0], vec![held.clone().unwrap()]),
-        _ => {
-            *held = None;
+        Some(Request::Retrieve { id, .. }) => match held.get(id.to_bytes()) {
+            Some(fd) => tx.push(vec![0], vec![fd.clone()]),
+            None => tx.push(vec![libc_enoent()], vec![]),
+        },
+        Some(Request::Delete { id }) => {
+            held.remove(id.to_bytes());
             tx.push(vec![0], vec![]);
         }
+        _ => tx.push(vec![libc_enoent()], vec![]),
     }
+}
+
+/// ENOENT, the answer to a retrieve of nothing.
+fn libc_enoent() -> u8 {
+    rustix::io::Errno::NOENT.raw_os_error() as u8
 }
 
 /// The physical limit: the session exchange (store, retrieve, delete) over
@@ -335,10 +352,10 @@ fn floor_server() {
     let sock: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
     let mut rx = Receiver::new(1 << 16);
     let mut tx: Sender<Rc<OwnedFd>> = Sender::new();
-    let mut held: Option<Rc<OwnedFd>> = None;
+    let mut held = Held::new();
     loop {
-        let (op, mut fds) = match rx.take_message().unwrap() {
-            Some((p, f)) => (p.first().copied(), f),
+        let (payload, fds) = match rx.take_message().unwrap() {
+            Some((p, f)) => (p.to_vec(), f),
             None => {
                 let mut pfd = [rustix::event::PollFd::new(
                     &sock,
@@ -353,7 +370,7 @@ fn floor_server() {
                 }
             }
         };
-        floor_answer(op, fds.pop(), &mut held, &mut tx);
+        floor_answer(&payload, fds, &mut held, &mut tx);
         assert!(tx.flush(sock.as_fd()).unwrap());
     }
 }
@@ -361,15 +378,16 @@ fn floor_server() {
 /// The physical limit for several clients: a server on the daemons' kind
 /// of socket (listener on stdin, `-1` readiness, epoll, one `recvmsg` per
 /// readable client, replies written at once) that answers the session
-/// exchange with no daemon logic: no rules, no lookup, one held fd per
-/// connection, sent back by reference as the daemons do.
+/// exchange with no daemon logic: no rules, no credentials, no limits; fds
+/// held by id in one map for all connections (so that the conn load, which
+/// stores on one connection and retrieves on the next, works too), sent
+/// back by reference as the daemons do.
 fn floor_daemon() {
     use rustix::event::epoll;
     struct Peer {
         sock: OwnedFd,
         rx: Receiver,
         tx: Sender<Rc<OwnedFd>>,
-        held: Option<Rc<OwnedFd>>,
     }
     const LISTENER: u64 = u64::MAX;
     let listener: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
@@ -382,6 +400,7 @@ fn floor_daemon() {
     )
     .unwrap();
     let mut peers: Vec<Option<Peer>> = Vec::new();
+    let mut held = Held::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
     println!();
     std::io::stdout().flush().unwrap();
@@ -412,7 +431,6 @@ fn floor_daemon() {
                         sock,
                         rx: Receiver::new(1 << 16),
                         tx: Sender::new(),
-                        held: None,
                     });
                 }
                 continue;
@@ -431,8 +449,8 @@ fn floor_daemon() {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("{e}"),
             }
-            while let Some((payload, mut fds)) = p.rx.take_message().unwrap() {
-                floor_answer(payload.first().copied(), fds.pop(), &mut p.held, &mut p.tx);
+            while let Some((payload, fds)) = p.rx.take_message().unwrap() {
+                floor_answer(payload, fds, &mut held, &mut p.tx);
             }
             assert!(p.tx.flush(p.sock.as_fd()).unwrap());
         }
@@ -720,6 +738,31 @@ fn main() {
         for (n, place, how) in [(1, Place::Same, "same CPU"), (4, Place::Free, "unpinned")] {
             let m = alternate(rounds, &o, &r, |d| load(kind, d, n, millis, place));
             t.rate(&format!("{name}, {n} client(s), {how} (ops/s)"), m);
+        }
+    }
+    // The floor of the conn load: the floor server (no rules, no
+    // credentials) rotated with both daemons, rules in a directory and in
+    // a cdb. What the floor gets over the reference bounds what any daemon
+    // can get over it on this load.
+    {
+        let floor_d = Daemon::start(FLOOR, "floor-conn", Rules::Dir);
+        let oc = Daemon::start(ours_exe(), "ours-cdb2", Rules::Cdb);
+        let rc = Daemon::start(REF, "ref-cdb2", Rules::Cdb);
+        for (n, place, how) in [(1, Place::Same, "same CPU"), (4, Place::Free, "unpinned")] {
+            for (o, r, tag) in [(&ours, &reference, "dir"), (&oc, &rc, "cdb")] {
+                let runs = rotate(rounds, [o, r, &floor_d], |d| {
+                    load("conn", d, n, millis, place)
+                });
+                let [mo, mr, mf] = [0, 1, 2].map(|j| median_of(&runs, |r| r[j]));
+                t.rate(
+                    &format!("conn ({tag}), {n} client(s), {how}: floor server vs reference"),
+                    (mf, mr, median_of(&runs, |r| r[2] / r[1])),
+                );
+                t.rate(
+                    &format!("conn ({tag}), {n} client(s), {how}: ours vs floor server"),
+                    (mo, mf, median_of(&runs, |r| r[0] / r[2])),
+                );
+            }
         }
     }
     // The floor for 4 clients: a server with no daemon logic on the same
