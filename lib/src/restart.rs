@@ -21,7 +21,6 @@
 //!
 //! # Races
 //!
-
 //! Two instances that start at once may both find nothing held and both
 //! create. The holder takes the first store; the second gets `EBUSY`: that
 //! instance then drops what it created and retrieves the first one's, so
