@@ -471,6 +471,19 @@ impl AsyncClient {
     }
 }
 
+/// The connection's socket (registered with the runtime: do not change
+/// its mode, nor read or write it).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::os::fd::{AsFd, AsRawFd};
+/// # async fn f() -> std::io::Result<()> {
+/// let c = fdholder::asynchronous::AsyncClient::connect("/run/fdholder/s").await?;
+/// eprintln!("connected on fd {}", c.as_fd().as_raw_fd());
+/// # Ok(())
+/// # }
+/// ```
 impl AsFd for AsyncClient {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()

@@ -18,11 +18,12 @@
 //!   `ENAMETOOLONG` over 255 bytes, `EINVAL` for an empty id or one with a
 //!   NUL; the client stays usable.
 //! - **The exchange breaks**: `ETIMEDOUT` when the deadline passes; `EPIPE`
-//!   (or `ECONNRESET`) when the daemon closed the connection (it exited, its
-//!   `-t` timeout for idle clients passed, or it found the request
-//!   malformed); `EPROTO` for an answer that is malformed or does not fit
-//!   the request (a misbehaving daemon, or not a fd-holder at all). After
-//!   these the protocol state is unknown: drop the client.
+//!   (or `ECONNRESET`) when the daemon closed the connection (it exited, it
+//!   dropped the client under its `-t` timeout, for a request sent too
+//!   slowly or answers not read, or it found the request malformed);
+//!   `EPROTO` for an answer that is malformed or does not fit the request
+//!   (a misbehaving daemon, or not a fd-holder at all). After these the
+//!   protocol state is unknown: drop the client.
 //!
 //! # Example
 //!
@@ -155,9 +156,9 @@ pub struct DumpEntryRef<'a> {
 ///
 /// One request at a time (`&mut self`); each takes a deadline. Connect,
 /// make the requests and drop it: a client kept for a service's life takes
-/// one of the daemon's connection slots (`-c`) for nothing, and the daemon
-/// closes it after its `-t` timeout anyway. See the [module](self#errors)
-/// for how requests fail.
+/// one of the daemon's connection slots (`-c`) for nothing, and while they
+/// are all taken the daemon accepts nobody else. See the
+/// [module](self#errors) for how requests fail.
 ///
 /// # Example
 ///
@@ -220,9 +221,9 @@ impl Client {
     ///
     /// - `ENAMETOOLONG`: `path` does not fit a `sockaddr_un` (107 bytes);
     ///   `EINVAL`: it contains a NUL;
-    /// - the connect's: `ENOENT` (no such path), `ECONNREFUSED` (a socket
-    ///   nobody listens on), `EACCES` (no search or write permission),
-    ///   `ENOTSOCK`...;
+    /// - the connect's: `ENOENT` (no such path), `ECONNREFUSED` (nobody
+    ///   listens there: a stale socket, or not a socket at all), `EACCES`
+    ///   (no search or write permission), `ENOTDIR`...;
     /// - `ETIMEDOUT`: the deadline had passed or passed while the backlog
     ///   stayed full;
     /// - `EMFILE`/`ENFILE` from `socket`.
@@ -595,7 +596,10 @@ impl Client {
     ///
     /// Checked before anything is sent: `ENAMETOOLONG`/`EINVAL` for a bad
     /// id, `ENFILE` for more than 2^32 − 1 entries. The daemon's `EPERM`
-    /// (no setdump right), `ENFILE` (not room for them all). `EPROTO`,
+    /// (no setdump right), `ENFILE` (not room for them all), answered to
+    /// the announcement: nothing is stored, the client stays usable; the
+    /// same answered to a chunk (the rights or the room changed meanwhile)
+    /// leaves the daemon expecting the rest: drop the client. `EPROTO`,
     /// `ETIMEDOUT`, `EPIPE` as every request (see the [module](self#errors)):
     /// part of the dump may then be stored.
     ///

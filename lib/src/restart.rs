@@ -175,6 +175,21 @@ impl std::error::Error for Error {
     }
 }
 
+/// For `?` in a function returning `io::Result`: [`Error::Refused`] is
+/// `EPERM`, [`Error::NotHeld`] `ENOENT`, [`Error::TimedOut`] `ETIMEDOUT`,
+/// [`Error::Mismatch`] an [`io::ErrorKind::InvalidData`] error with its
+/// message; [`Error::Unreachable`] and [`Error::Io`] are their error.
+///
+/// # Example
+///
+/// ```
+/// use std::io::{self, ErrorKind};
+/// use fdholder::restart::Error;
+/// assert_eq!(io::Error::from(Error::Refused).kind(), ErrorKind::PermissionDenied);
+/// assert_eq!(io::Error::from(Error::TimedOut).kind(), ErrorKind::TimedOut);
+/// let e = io::Error::from(Error::Mismatch { expected: "TCP listener" });
+/// assert_eq!(e.kind(), ErrorKind::InvalidData);
+/// ```
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
