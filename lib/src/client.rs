@@ -282,7 +282,9 @@ impl Client {
 
     /// Uses `sock`, a stream socket already connected to a daemon (say,
     /// one a launcher passed, or one end of a `socketpair`). It may be
-    /// blocking: the client makes it non-blocking when it has to wait.
+    /// blocking: every read and write passes `MSG_DONTWAIT`, and the client
+    /// sets `O_NONBLOCK` on it only if a request does not go out in one
+    /// write.
     ///
     /// # Example
     ///
@@ -316,8 +318,9 @@ impl Client {
         }
     }
 
-    /// Gives the connection back (non-blocking if the client had to wait
-    /// on it). Whatever the daemon sent that was not read yet is lost.
+    /// Gives the connection back (with `O_NONBLOCK` set if a request did not
+    /// go out in one write). Whatever the client had read from it and not
+    /// handed out yet is lost.
     ///
     /// # Example
     ///
