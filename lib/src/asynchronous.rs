@@ -92,8 +92,13 @@ impl AsyncClient {
     /// # Errors
     ///
     /// The connect's: `ENOENT` (no such path), `ECONNREFUSED` (nobody
-    /// listens), `EACCES`...; an error registering with the runtime (no
-    /// tokio runtime with I/O enabled).
+    /// listens), `EACCES`...; `EAGAIN` ([`io::ErrorKind::WouldBlock`]) at
+    /// once when the daemon's listen backlog is full (unlike
+    /// [`Client::connect`](crate::Client::connect), which waits for room
+    /// until its deadline: the socket is non-blocking here, and tokio does
+    /// not retry); [`io::ErrorKind::InvalidInput`] for a path too long for
+    /// a `sockaddr_un`; an error registering with the runtime (no tokio
+    /// runtime with I/O enabled).
     ///
     /// # Example
     ///
@@ -233,7 +238,9 @@ impl AsyncClient {
     ///
     /// The daemon's errno: `EPERM` (the rules), `EBUSY` (`id` is held),
     /// `ENFILE` (it is full); `EINVAL`/`ENAMETOOLONG` for a bad id; I/O
-    /// errors (`EPIPE`: the daemon went), `EPROTO` for a malformed answer.
+    /// errors (`EPIPE`: the daemon went), `EPROTO` for a malformed answer;
+    /// [`io::ErrorKind::Other`] when an earlier request did not complete
+    /// (see [Cancellation](self#cancellation)).
     ///
     /// # Example
     ///
@@ -338,7 +345,8 @@ impl AsyncClient {
     ///
     /// # Errors
     ///
-    /// `EPERM` (no list right), I/O errors, `EPROTO`.
+    /// `EPERM` (no list right), I/O errors, `EPROTO`, an earlier request
+    /// that did not complete, as [`AsyncClient::store`].
     ///
     /// # Example
     ///
@@ -367,7 +375,8 @@ impl AsyncClient {
     /// # Errors
     ///
     /// `EPERM` (no getdump right), I/O errors, `EPROTO` for a dump that
-    /// does not add up.
+    /// does not add up, an earlier request that did not complete, as
+    /// [`AsyncClient::store`].
     ///
     /// # Example
     ///
@@ -409,7 +418,10 @@ impl AsyncClient {
     /// # Errors
     ///
     /// `EPERM` (no setdump right), `ENFILE` (more than the daemon has room
-    /// for), a bad id, I/O errors, `EPROTO`.
+    /// for), a bad id, I/O errors, `EPROTO`, an earlier request that did not
+    /// complete, as [`AsyncClient::store`]. After a refusal of a chunk, the
+    /// client is broken, as after an I/O error: part of the dump may be
+    /// stored.
     ///
     /// # Example
     ///
@@ -459,6 +471,19 @@ impl AsyncClient {
     }
 }
 
+/// The connection's socket (registered with the runtime: do not change
+/// its mode, nor read or write it).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::os::fd::{AsFd, AsRawFd};
+/// # async fn f() -> std::io::Result<()> {
+/// let c = fdholder::asynchronous::AsyncClient::connect("/run/fdholder/s").await?;
+/// eprintln!("connected on fd {}", c.as_fd().as_raw_fd());
+/// # Ok(())
+/// # }
+/// ```
 impl AsFd for AsyncClient {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()

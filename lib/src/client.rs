@@ -6,6 +6,45 @@
 //! (`EPERM`, `ENOENT`, `EBUSY`, `ENFILE`, ...), see [`io::Error::raw_os_error`].
 //!
 //! The crate documentation has a zero-downtime restart example.
+//!
+//! # Errors
+//!
+//! Every request of a [`Client`] fails in one of three ways:
+//!
+//! - **The daemon refuses** it: the error carries the errno it answered
+//!   (each method lists them). `EPERM` means its rules do not give the right
+//!   the request needs; the client stays usable.
+//! - **A bad id**, checked before anything is sent ([`proto::check_id`]):
+//!   `ENAMETOOLONG` over 255 bytes, `EINVAL` for an empty id or one with a
+//!   NUL; the client stays usable.
+//! - **The exchange breaks**: `ETIMEDOUT` when the deadline passes; `EPIPE`
+//!   (or `ECONNRESET`) when the daemon closed the connection (it exited, it
+//!   dropped the client under its `-t` timeout, for a request sent too
+//!   slowly or answers not read, or it found the request malformed);
+//!   `EPROTO` for an answer that is malformed or does not fit the request
+//!   (a misbehaving daemon, or not a fd-holder at all). After these the
+//!   protocol state is unknown: drop the client.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::os::fd::AsFd;
+//! use std::time::{Duration, Instant};
+//! use fdholder::Client;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let deadline = Some(Instant::now() + Duration::from_secs(5));
+//! let mut c = Client::connect("/run/fdholder/s", deadline)?;
+//! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
+//! match c.store(listener.as_fd(), b"web/listen", None, deadline) {
+//!     Ok(()) => {}
+//!     Err(e) if e.raw_os_error() == Some(16) => eprintln!("already held (EBUSY)"),
+//!     Err(e) => return Err(e),
+//! }
+//! drop(c); // do not keep one of the daemon's connection slots
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -20,9 +59,34 @@ use crate::tain::Tain;
 use crate::wire::{self, MAX_FDS, Receiver, Sender};
 
 /// A deadline: `None` is no deadline.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use fdholder::Deadline;
+/// let five_seconds: Deadline = Some(Instant::now() + Duration::from_secs(5));
+/// let forever: Deadline = None;
+/// # drop((five_seconds, forever));
+/// ```
 pub type Deadline = Option<Instant>;
 
-/// One held descriptor, as a dump returns it.
+/// One held descriptor, as a dump returns it ([`Client::getdump`]).
+///
+/// # Example
+///
+/// ```no_run
+/// use fdholder::{Client, Tain};
+/// # fn main() -> std::io::Result<()> {
+/// let mut c = Client::connect("/run/fdholder/s", None)?;
+/// let now = Tain::now();
+/// for e in c.getdump(None)? {
+///     let left = e.limit.duration_since(now);
+///     println!("{}: expires in {left:?}", String::from_utf8_lossy(&e.id));
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct DumpEntry {
     /// Identifier, 1 to 255 bytes, no NUL.
@@ -35,6 +99,22 @@ pub struct DumpEntry {
 
 impl DumpEntry {
     /// A borrowed view, for [`Client::setdump`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use fdholder::{DumpEntry, Tain};
+    /// # fn main() -> std::io::Result<()> {
+    /// let e = DumpEntry {
+    ///     id: b"log".to_vec(),
+    ///     fd: std::fs::File::open("/dev/null")?.into(),
+    ///     limit: Tain::infinite_from(Tain::now()),
+    /// };
+    /// let r = e.as_ref();
+    /// assert_eq!((r.id, r.limit), (&b"log"[..], e.limit));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn as_ref(&self) -> DumpEntryRef<'_> {
         DumpEntryRef {
             id: &self.id,
@@ -44,7 +124,24 @@ impl DumpEntry {
     }
 }
 
-/// A descriptor to send in a dump.
+/// A descriptor to send in a dump ([`Client::setdump`]).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use fdholder::{Client, DumpEntryRef, Tain};
+/// # fn main() -> std::io::Result<()> {
+/// let log = std::fs::File::create("/tmp/app.log")?;
+/// let entry = DumpEntryRef {
+///     id: b"app/log",
+///     fd: log.as_fd(),
+///     limit: Tain::now().add_secs(3600),
+/// };
+/// Client::connect("/run/fdholder/s", None)?.setdump(&[entry], None)?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DumpEntryRef<'a> {
     /// Identifier, 1 to 255 bytes, no NUL.
@@ -56,6 +153,28 @@ pub struct DumpEntryRef<'a> {
 }
 
 /// A connection to an fd-holding daemon.
+///
+/// One request at a time (`&mut self`); each takes a deadline. Connect,
+/// make the requests and drop it: a client kept for a service's life takes
+/// one of the daemon's connection slots (`-c`) for nothing, and while they
+/// are all taken the daemon accepts nobody else. See the
+/// [module](self#errors) for how requests fail.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::{Duration, Instant};
+/// use fdholder::Client;
+///
+/// # fn main() -> std::io::Result<()> {
+/// let deadline = Some(Instant::now() + Duration::from_secs(5));
+/// let mut c = Client::connect("/run/fdholder/s", deadline)?;
+/// let listener = std::net::TcpListener::from(c.retrieve(b"web/listen", deadline)?);
+/// drop(c);
+/// # drop(listener);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Client {
     sock: OwnedFd,
@@ -94,6 +213,35 @@ fn wait(fd: BorrowedFd<'_>, events: PollFlags, deadline: Deadline) -> io::Result
 
 impl Client {
     /// Connects to the daemon listening on `path`.
+    ///
+    /// A connect to a Unix socket only waits while the daemon's listen
+    /// backlog is full; without a deadline that wait has no end.
+    ///
+    /// # Errors
+    ///
+    /// - `ENAMETOOLONG`: `path` does not fit a `sockaddr_un` (107 bytes);
+    ///   `EINVAL`: it contains a NUL;
+    /// - the connect's: `ENOENT` (no such path), `ECONNREFUSED` (nobody
+    ///   listens there: a stale socket, or not a socket at all), `EACCES`
+    ///   (no search or write permission), `ENOTDIR`...;
+    /// - `ETIMEDOUT`: the deadline had passed or passed while the backlog
+    ///   stayed full;
+    /// - `EMFILE`/`ENFILE` from `socket`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use std::time::Instant;
+    /// use fdholder::Client;
+    ///
+    /// let e = Client::connect("/nonexistent/fdholder/s", None).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::NotFound);
+    /// let e = Client::connect("/nonexistent/fdholder/s", Some(Instant::now())).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::TimedOut);
+    /// let e = Client::connect("/".repeat(200), None).unwrap_err();
+    /// assert_eq!(e.raw_os_error(), Some(36)); // ENAMETOOLONG
+    /// ```
     pub fn connect(path: impl AsRef<Path>, deadline: Deadline) -> io::Result<Client> {
         let addr = SocketAddrUnix::new(path.as_ref())?;
         let sock = rustix::net::socket_with(
@@ -132,7 +280,37 @@ impl Client {
         Ok(Client::from_fd(sock))
     }
 
-    /// Uses `sock`, a stream socket already connected to a daemon.
+    /// Uses `sock`, a stream socket already connected to a daemon (say,
+    /// one a launcher passed, or one end of a `socketpair`). It may be
+    /// blocking: every read and write passes `MSG_DONTWAIT`, and the client
+    /// sets `O_NONBLOCK` on it only if a request does not go out in one
+    /// write.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use fdholder::{proto, wire, Client};
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let (ours, mut theirs) = UnixStream::pair()?;
+    /// // A stand-in for the daemon: reads a list request, answers two ids.
+    /// let daemon = std::thread::spawn(move || -> std::io::Result<()> {
+    ///     let mut req = [0; wire::HEADER + 1];
+    ///     theirs.read_exact(&mut req)?;
+    ///     assert_eq!(req[wire::HEADER], proto::OP_LIST);
+    ///     let ids: [&[u8]; 2] = [b"a", b"b"];
+    ///     let answer = proto::list_answer(ids.into_iter());
+    ///     theirs.write_all(&wire::header(answer.len(), 0))?;
+    ///     theirs.write_all(&answer)
+    /// });
+    /// let mut c = Client::from_fd(ours.into());
+    /// assert_eq!(c.list(None)?, [b"a".to_vec(), b"b".to_vec()]);
+    /// daemon.join().unwrap()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_fd(sock: OwnedFd) -> Client {
         Client {
             sock,
@@ -140,7 +318,22 @@ impl Client {
         }
     }
 
-    /// Gives the connection back.
+    /// Gives the connection back (with `O_NONBLOCK` set if a request did not
+    /// go out in one write). Whatever the client had read from it and not
+    /// handed out yet is lost.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// # fn main() -> std::io::Result<()> {
+    /// let (ours, _theirs) = UnixStream::pair()?;
+    /// let c = fdholder::Client::from_fd(ours.into());
+    /// let back = UnixStream::from(c.into_fd());
+    /// # drop(back);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn into_fd(self) -> OwnedFd {
         self.sock
     }
@@ -203,6 +396,32 @@ impl Client {
     }
 
     /// Stores a copy of `fd` under `id`, until `limit` (`None`: no expiry).
+    /// The rules must give the store right on `id`
+    /// (`S6_FDHOLDER_STORE_REGEX`). `fd` itself stays open here.
+    ///
+    /// # Errors
+    ///
+    /// The daemon's `EPERM` (no store right on `id`), `EBUSY` (something is
+    /// held under `id` already: delete it first), `ENFILE` (it holds as many
+    /// as its `-n` allows); `ENAMETOOLONG`/`EINVAL` for a bad id;
+    /// `ETIMEDOUT`, `EPIPE`, `EPROTO` as every request (see the
+    /// [module](self#errors)).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsFd;
+    /// use std::time::{Duration, SystemTime};
+    /// use fdholder::{Client, Tain};
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = Client::connect("/run/fdholder/s", None)?;
+    /// let l = std::net::TcpListener::bind("127.0.0.1:8080")?;
+    /// // Held for a day at most.
+    /// let limit = Tain::from_system_time(SystemTime::now() + Duration::from_secs(86400));
+    /// c.store(l.as_fd(), b"web/listen", Some(limit), None)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn store(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -216,7 +435,27 @@ impl Client {
         self.recv_status(deadline)
     }
 
-    /// Deletes (and closes, in the daemon) the fd held under `id`.
+    /// Deletes (and closes, in the daemon) the fd held under `id`. The
+    /// rules must give the store right on `id` (`S6_FDHOLDER_STORE_REGEX`).
+    ///
+    /// # Errors
+    ///
+    /// The daemon's `EPERM` (no store right on `id`), `ENOENT` (nothing held
+    /// under `id`); `ENAMETOOLONG`/`EINVAL` for a bad id; `ETIMEDOUT`,
+    /// `EPIPE`, `EPROTO` as every request (see the [module](self#errors)).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
+    /// match c.delete(b"web/listen", None) {
+    ///     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // nothing held
+    ///     r => r?,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delete(&mut self, id: &[u8], deadline: Deadline) -> io::Result<()> {
         proto::check_id(id)?;
         self.send(proto::delete(id), vec![], deadline)?;
@@ -239,18 +478,76 @@ impl Client {
         }
     }
 
-    /// Gets a copy of the fd held under `id`.
+    /// Gets a copy of the fd held under `id` (close-on-exec); the daemon
+    /// keeps holding it. The rules must give the retrieve right on `id`
+    /// (`S6_FDHOLDER_RETRIEVE_REGEX`).
+    ///
+    /// # Errors
+    ///
+    /// The daemon's `EPERM` (no retrieve right on `id`), `ENOENT` (nothing
+    /// held under `id`); `ENAMETOOLONG`/`EINVAL` for a bad id; `EPROTO` when
+    /// the answer does not carry exactly one descriptor; `ETIMEDOUT`,
+    /// `EPIPE` as every request (see the [module](self#errors)).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::os::unix::net::UnixListener;
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
+    /// let listener = UnixListener::from(c.retrieve(b"app/listen", None)?);
+    /// drop(c);
+    /// # drop(listener);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn retrieve(&mut self, id: &[u8], deadline: Deadline) -> io::Result<OwnedFd> {
         self.retrieve_maybe_delete(id, false, deadline)
     }
 
     /// Gets the fd held under `id` and deletes it from the daemon (needs
     /// both the retrieve and the store right).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::retrieve`]; `EPERM` also without the store right on
+    /// `id`. After a `ETIMEDOUT` or a broken connection, the descriptor may
+    /// be deleted and lost.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
+    /// let fd = c.retrieve_delete(b"web/listen", None)?; // no longer held
+    /// # drop(fd);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn retrieve_delete(&mut self, id: &[u8], deadline: Deadline) -> io::Result<OwnedFd> {
         self.retrieve_maybe_delete(id, true, deadline)
     }
 
-    /// Lists the ids held.
+    /// Lists the ids held, in the daemon's order. The rules must give the
+    /// list right (`S6_FDHOLDER_LIST`).
+    ///
+    /// # Errors
+    ///
+    /// The daemon's `EPERM` (no list right); `EPROTO` for an answer that
+    /// is not a count and that many ids, or carries descriptors;
+    /// `ETIMEDOUT`, `EPIPE` as every request (see the [module](self#errors)).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
+    /// for id in c.list(None)? {
+    ///     println!("{}", String::from_utf8_lossy(&id));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn list(&mut self, deadline: Deadline) -> io::Result<Vec<Vec<u8>>> {
         self.send(vec![proto::OP_LIST], vec![], deadline)?;
         let (ans, fds) = self.recv(deadline)?;
@@ -261,7 +558,27 @@ impl Client {
         proto::parse_list(body).ok_or_else(proto::eproto)
     }
 
-    /// Gets every fd held, with ids and limits, in chunks of up to 253.
+    /// Gets every fd held, with ids and limits, in chunks of up to 253. The
+    /// rules must give the getdump right (`S6_FDHOLDER_GETDUMP`). The
+    /// daemon keeps holding them.
+    ///
+    /// # Errors
+    ///
+    /// The daemon's `EPERM` (no getdump right); `EPROTO` for a dump that
+    /// does not add up (chunk and descriptor counts that disagree with its
+    /// header, malformed entries); `ETIMEDOUT`, `EPIPE` as every request
+    /// (see the [module](self#errors)).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
+    /// let dump = c.getdump(None)?;
+    /// eprintln!("{} descriptors held", dump.len());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn getdump(&mut self, deadline: Deadline) -> io::Result<Vec<DumpEntry>> {
         self.send(vec![proto::OP_GETDUMP], vec![], deadline)?;
         let (ans, fds) = self.recv(deadline)?;
@@ -275,7 +592,32 @@ impl Client {
     }
 
     /// Sends a set of fds to the daemon, which adds them to what it holds
-    /// (an id already held is replaced).
+    /// (an id already held is replaced). The rules must give the setdump
+    /// right (`S6_FDHOLDER_SETDUMP`).
+    ///
+    /// # Errors
+    ///
+    /// Checked before anything is sent: `ENAMETOOLONG`/`EINVAL` for a bad
+    /// id, `ENFILE` for more than 2^32 − 1 entries. The daemon's `EPERM`
+    /// (no setdump right), `ENFILE` (not room for them all), answered to
+    /// the announcement: nothing is stored, the client stays usable; the
+    /// same answered to a chunk (the rights or the room changed meanwhile)
+    /// leaves the daemon expecting the rest: drop the client. `EPROTO`,
+    /// `ETIMEDOUT`, `EPIPE` as every request (see the [module](self#errors)):
+    /// part of the dump may then be stored.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use fdholder::Client;
+    /// # fn main() -> std::io::Result<()> {
+    /// // Move everything from one holder to another.
+    /// let dump = Client::connect("/run/fdholder/old", None)?.getdump(None)?;
+    /// let refs: Vec<_> = dump.iter().map(|e| e.as_ref()).collect();
+    /// Client::connect("/run/fdholder/new", None)?.setdump(&refs, None)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn setdump(&mut self, dump: &[DumpEntryRef<'_>], deadline: Deadline) -> io::Result<()> {
         for e in dump {
             proto::check_id(e.id)?;
@@ -384,6 +726,21 @@ pub(crate) fn setdump_chunk_answer(ans: &[u8], fds: &[OwnedFd], last: bool) -> i
     }
 }
 
+/// The connection's socket, say to poll it alongside other descriptors.
+///
+/// # Example
+///
+/// ```
+/// use std::os::fd::{AsFd, AsRawFd};
+/// use std::os::unix::net::UnixStream;
+/// # fn main() -> std::io::Result<()> {
+/// let (ours, _theirs) = UnixStream::pair()?;
+/// let raw = ours.as_raw_fd();
+/// let c = fdholder::Client::from_fd(ours.into());
+/// assert_eq!(c.as_fd().as_raw_fd(), raw);
+/// # Ok(())
+/// # }
+/// ```
 impl AsFd for Client {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()

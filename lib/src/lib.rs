@@ -86,6 +86,10 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Every public function returning a `Result` says when it fails, and every
+// one that can panic says when (`cargo clippy -- -D warnings` enforces it);
+// lib/tests/doc_coverage.rs checks that every public item has an example.
+#![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
 
 #[cfg(feature = "tokio")]
 pub mod asynchronous;

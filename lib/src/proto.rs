@@ -4,6 +4,34 @@
 //! A request's first payload byte is its opcode. An id travels as
 //! `idlen: u8`, the id bytes (1 to 255, no NUL), then a NUL. An answer whose
 //! first byte is non-zero is an error: that byte is an errno value.
+//!
+//! The encoders ([`store`], [`delete`], [`retrieve`], [`setdump`],
+//! [`list_answer`]) cannot fail: they trust their caller to have checked
+//! the id ([`check_id`]). The parsers return `None` (or, for answers,
+//! `EPROTO`, see [`eproto`]) for anything malformed; the daemon closes a
+//! connection that sends such a request, a client gives up on such an
+//! answer.
+//!
+//! # Example
+//!
+//! ```
+//! use std::ffi::CStr;
+//! use fdholder::proto::{self, Request};
+//!
+//! // What `Client::delete(b"web/listen")` sends, as the daemon reads it.
+//! let id = b"web/listen";
+//! proto::check_id(id)?;
+//! let payload = proto::delete(id);
+//! assert_eq!(payload, b"D\x0aweb/listen\0");
+//! let want = CStr::from_bytes_with_nul(b"web/listen\0").unwrap();
+//! assert_eq!(proto::parse_request(&payload, 0), Some(Request::Delete { id: want }));
+//!
+//! // The daemon's answer: 0 for success, else an errno.
+//! assert!(proto::answer_error(&[0]).is_ok());
+//! let e = proto::answer_error(&[2]).unwrap_err(); // ENOENT: nothing held
+//! assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 use std::ffi::CStr;
 use std::io;
@@ -11,34 +39,144 @@ use std::io;
 use crate::tain::{self, Tain};
 use crate::wire::MAX_FDS;
 
-/// Longest id, in bytes.
+/// Longest id, in bytes (the id's length travels in one byte).
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{ID_MAX, check_id};
+/// assert!(check_id(&[b'x'; ID_MAX]).is_ok());
+/// assert!(check_id(&[b'x'; ID_MAX + 1]).is_err());
+/// ```
 pub const ID_MAX: usize = 255;
 
 /// Opcode of a store request.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_STORE};
+/// use fdholder::Tain;
+/// assert_eq!(proto::store(b"web", Tain::now())[0], OP_STORE);
+/// assert_eq!(OP_STORE, b'S');
+/// ```
 pub const OP_STORE: u8 = b'S';
 /// Opcode of a delete request.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_DELETE};
+/// assert_eq!(proto::delete(b"web")[0], OP_DELETE);
+/// assert_eq!(OP_DELETE, b'D');
+/// ```
 pub const OP_DELETE: u8 = b'D';
 /// Opcode of a retrieve request.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_RETRIEVE};
+/// assert_eq!(proto::retrieve(b"web", false)[0], OP_RETRIEVE);
+/// assert_eq!(OP_RETRIEVE, b'R');
+/// ```
 pub const OP_RETRIEVE: u8 = b'R';
 /// Opcode of a list request.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_LIST, Request};
+/// // A list request is the opcode alone.
+/// assert_eq!(proto::parse_request(&[OP_LIST], 0), Some(Request::List));
+/// ```
 pub const OP_LIST: u8 = b'L';
 /// Opcode of a getdump request.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_GETDUMP, Request};
+/// // A getdump request is the opcode alone.
+/// assert_eq!(proto::parse_request(&[OP_GETDUMP], 0), Some(Request::GetDump));
+/// ```
 pub const OP_GETDUMP: u8 = b'?';
 /// Opcode of a setdump request.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_SETDUMP};
+/// assert_eq!(proto::setdump(3)[0], OP_SETDUMP);
+/// assert_eq!(OP_SETDUMP, b'!');
+/// ```
 pub const OP_SETDUMP: u8 = b'!';
 /// Opcode of a setdump data chunk.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_SETDUMP_CHUNK, Request};
+/// use fdholder::Tain;
+/// // The opcode, then one entry per descriptor sent with the message.
+/// let mut chunk = vec![OP_SETDUMP_CHUNK];
+/// proto::push_entry(&mut chunk, Tain::default(), b"a");
+/// let Some(Request::SetDumpChunk { entries }) = proto::parse_request(&chunk, 1) else {
+///     panic!("not a chunk");
+/// };
+/// assert_eq!(entries[0].1.to_bytes(), b"a");
+/// ```
 pub const OP_SETDUMP_CHUNK: u8 = b'.';
 
-/// Size of one dump entry with an id of `idlen` bytes.
+/// Size of one dump entry with an id of `idlen` bytes: the packed limit,
+/// the length byte, the id and its NUL.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::{proto, Tain};
+/// let mut b = Vec::new();
+/// proto::push_entry(&mut b, Tain::now(), b"web");
+/// assert_eq!(b.len(), proto::entry_len(3));
+/// assert_eq!(proto::entry_len(3), 12 + 2 + 3);
+/// ```
 pub const fn entry_len(idlen: usize) -> usize {
     tain::PACK + 2 + idlen
 }
 
 /// The longest request a well-formed client can send: a setdump chunk of
-/// [`MAX_FDS`] entries with 255-byte ids.
+/// [`MAX_FDS`] entries with 255-byte ids. A daemon receives with this limit
+/// ([`crate::wire::Receiver::new`]).
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{MAX_REQUEST, entry_len, ID_MAX};
+/// use fdholder::wire::{MAX_FDS, MAX_LEN};
+/// assert_eq!(MAX_REQUEST, 1 + MAX_FDS * entry_len(ID_MAX));
+/// assert!(MAX_REQUEST <= MAX_LEN);
+/// ```
 pub const MAX_REQUEST: usize = 1 + MAX_FDS * entry_len(ID_MAX);
 
 /// A parsed request. Ids are borrowed from the message, NUL-terminated.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, Request};
+/// use fdholder::Tain;
+///
+/// let limit = Tain::now().add_secs(60);
+/// let payload = proto::store(b"web", limit);
+/// // A store comes with exactly one descriptor.
+/// match proto::parse_request(&payload, 1) {
+///     Some(Request::Store { limit: l, id }) => {
+///         assert_eq!((l, id.to_bytes()), (limit, &b"web"[..]));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(proto::parse_request(&payload, 0), None);
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     /// Hold the message's fd under `id` until `limit`.
@@ -77,6 +215,25 @@ pub enum Request<'a> {
 }
 
 /// Checks an id as a client must before sending it: 1 to 255 bytes, no NUL.
+/// Every [`Client`](crate::Client) request does, before sending anything.
+///
+/// # Errors
+///
+/// - `ENAMETOOLONG` for an id longer than [`ID_MAX`] (255) bytes;
+/// - `EINVAL` for an empty id or one with a NUL byte.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::check_id;
+/// use std::io::ErrorKind;
+///
+/// assert!(check_id(b"web/listen").is_ok());
+/// assert_eq!(check_id(b"").unwrap_err().kind(), ErrorKind::InvalidInput);
+/// assert_eq!(check_id(b"a\0b").unwrap_err().kind(), ErrorKind::InvalidInput);
+/// let long = [b'x'; 256];
+/// assert_eq!(check_id(&long).unwrap_err().raw_os_error(), Some(36)); // ENAMETOOLONG
+/// ```
 pub fn check_id(id: &[u8]) -> io::Result<()> {
     if id.len() > ID_MAX {
         return Err(io::Error::from(rustix::io::Errno::NAMETOOLONG));
@@ -109,13 +266,40 @@ fn take_tain(b: &[u8]) -> Option<(Tain, &[u8])> {
     Some((Tain::unpack(t), rest))
 }
 
-/// Appends one dump entry: limit, idlen, id, NUL.
+/// Appends one dump entry: limit, idlen, id, NUL. The caller has checked
+/// `id` ([`check_id`]): a longer one would be encoded wrongly.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::{proto, Tain};
+/// let mut b = Vec::new();
+/// proto::push_entry(&mut b, Tain { sec: 1, nano: 2 }, b"ab");
+/// assert_eq!(b, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 2, b'a', b'b', 0]);
+/// ```
 pub fn push_entry(buf: &mut Vec<u8>, limit: Tain, id: &[u8]) {
     buf.extend_from_slice(&limit.pack());
     push_id(buf, id);
 }
 
 /// Parses exactly `n` dump entries filling all of `b`.
+///
+/// `None` when `b` is not exactly `n` well-formed entries: too short, bytes
+/// left over, an id of length 0, an id without its NUL or with a NUL
+/// inside.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::{proto, Tain};
+/// let mut b = Vec::new();
+/// proto::push_entry(&mut b, Tain::default(), b"a");
+/// proto::push_entry(&mut b, Tain::default(), b"bc");
+/// let entries = proto::parse_entries(&b, 2).unwrap();
+/// assert_eq!(entries[1].1.to_bytes(), b"bc");
+/// assert_eq!(proto::parse_entries(&b, 1), None); // bytes left over
+/// assert_eq!(proto::parse_entries(&b, 3), None); // too short
+/// ```
 pub fn parse_entries(mut b: &[u8], n: usize) -> Option<Vec<(Tain, &CStr)>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
@@ -127,9 +311,27 @@ pub fn parse_entries(mut b: &[u8], n: usize) -> Option<Vec<(Tain, &CStr)>> {
     b.is_empty().then_some(v)
 }
 
-/// Parses a request of `nfds` descriptors. `None` is a protocol error: bad
-/// lengths, a missing NUL, an empty or NUL-bearing id, the wrong number of
-/// fds, an unknown opcode or an empty message.
+/// Parses a request of `nfds` descriptors.
+///
+/// `None` is a protocol error: bad lengths, a missing NUL, an empty or
+/// NUL-bearing id, the wrong number of fds (one for a store, one or more
+/// for a setdump chunk, none otherwise), an unknown opcode or an empty
+/// message.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, Request};
+///
+/// let req = proto::retrieve(b"web", true);
+/// match proto::parse_request(&req, 0) {
+///     Some(Request::Retrieve { id, delete }) => assert_eq!((id.to_bytes(), delete), (&b"web"[..], true)),
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(proto::parse_request(&req, 1), None); // a retrieve carries no fd
+/// assert_eq!(proto::parse_request(b"X", 0), None); // unknown opcode
+/// assert_eq!(proto::parse_request(b"", 0), None);
+/// ```
 pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
     let (&op, body) = payload.split_first()?;
     let req = match op {
@@ -169,7 +371,16 @@ pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
     Some(req)
 }
 
-/// Encodes a store request (sent with the fd).
+/// Encodes a store request (sent with the fd): opcode, limit, id. The
+/// caller has checked `id` ([`check_id`]).
+///
+/// # Example
+///
+/// ```
+/// use fdholder::{proto, Tain};
+/// let b = proto::store(b"web", Tain { sec: 1, nano: 0 });
+/// assert_eq!(b, [b'S', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0]);
+/// ```
 pub fn store(id: &[u8], limit: Tain) -> Vec<u8> {
     let mut b = Vec::with_capacity(2 + tain::PACK + id.len() + 1);
     b.push(OP_STORE);
@@ -177,7 +388,14 @@ pub fn store(id: &[u8], limit: Tain) -> Vec<u8> {
     b
 }
 
-/// Encodes a delete request.
+/// Encodes a delete request: opcode, id. The caller has checked `id`
+/// ([`check_id`]).
+///
+/// # Example
+///
+/// ```
+/// assert_eq!(fdholder::proto::delete(b"web"), b"D\x03web\0");
+/// ```
 pub fn delete(id: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(3 + id.len());
     b.push(OP_DELETE);
@@ -185,7 +403,16 @@ pub fn delete(id: &[u8]) -> Vec<u8> {
     b
 }
 
-/// Encodes a retrieve request, with deletion if `delete`.
+/// Encodes a retrieve request, with deletion if `delete`: opcode, a flag
+/// byte, id. The caller has checked `id` ([`check_id`]).
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::retrieve;
+/// assert_eq!(retrieve(b"web", false), b"R\0\x03web\0");
+/// assert_eq!(retrieve(b"web", true), b"R\x01\x03web\0");
+/// ```
 pub fn retrieve(id: &[u8], delete: bool) -> Vec<u8> {
     let mut b = Vec::with_capacity(4 + id.len());
     b.push(OP_RETRIEVE);
@@ -194,19 +421,51 @@ pub fn retrieve(id: &[u8], delete: bool) -> Vec<u8> {
     b
 }
 
-/// Encodes a setdump announcement of `total` fds.
+/// Encodes a setdump announcement of `total` fds: opcode, u32 BE.
+///
+/// # Example
+///
+/// ```
+/// assert_eq!(fdholder::proto::setdump(300), [b'!', 0, 0, 1, 44]);
+/// ```
 pub fn setdump(total: u32) -> Vec<u8> {
     let mut b = vec![OP_SETDUMP];
     b.extend_from_slice(&total.to_be_bytes());
     b
 }
 
-/// Number of chunks needed for `n` fds.
+/// Number of chunks needed for `n` fds, [`MAX_FDS`] (253) to a chunk.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::chunks_for;
+/// assert_eq!([chunks_for(0), chunks_for(1), chunks_for(253), chunks_for(254)], [0, 1, 1, 2]);
+/// ```
 pub fn chunks_for(n: usize) -> usize {
     n.div_ceil(MAX_FDS)
 }
 
-/// The error an answer's first byte carries, if any.
+/// The error an answer's first byte carries, if any; else the rest of the
+/// answer.
+///
+/// # Errors
+///
+/// - the errno the daemon answered (the first byte, when not 0): `EPERM`
+///   (its rules refuse), `ENOENT` (nothing held under the id), `EBUSY`
+///   (the id is held already), `ENFILE` (it is full), `EAGAIN` (a setdump
+///   chunk while more are expected: not a failure there), ...;
+/// - `EPROTO` for an empty answer.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::answer_error;
+/// assert_eq!(answer_error(&[0, 1, 2]).unwrap(), [1, 2]);
+/// let e = answer_error(&[1]).unwrap_err(); // EPERM
+/// assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+/// assert_eq!(answer_error(&[]).unwrap_err().raw_os_error(), Some(71)); // EPROTO
+/// ```
 pub fn answer_error(answer: &[u8]) -> io::Result<&[u8]> {
     match answer.split_first() {
         None => Err(eproto()),
@@ -215,17 +474,43 @@ pub fn answer_error(answer: &[u8]) -> io::Result<&[u8]> {
     }
 }
 
-/// The error for a malformed exchange.
+/// The error for a malformed exchange: `EPROTO`, what the clients return
+/// for an answer that does not parse or does not fit the request.
+///
+/// # Example
+///
+/// ```
+/// let e = fdholder::proto::eproto();
+/// assert_eq!(e.raw_os_error(), Some(71)); // EPROTO on Linux
+/// ```
 pub fn eproto() -> io::Error {
     io::Error::from(rustix::io::Errno::PROTO)
 }
 
 /// Reads a u32 BE that must be the whole of `b`.
+///
+/// `None` unless `b` is exactly 4 bytes long.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::be32;
+/// assert_eq!(be32(&[0, 0, 1, 44]), Some(300));
+/// assert_eq!(be32(&[0, 1, 44]), None);
+/// ```
 pub fn be32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(*<&[u8; 4]>::try_from(b).ok()?))
 }
 
 /// Encodes a list answer: 0, count u32 BE, ids NUL-terminated.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::list_answer;
+/// let ids: [&[u8]; 2] = [b"a", b"bc"];
+/// assert_eq!(list_answer(ids.into_iter()), [0, 0, 0, 0, 2, b'a', 0, b'b', b'c', 0]);
+/// ```
 pub fn list_answer<'a>(ids: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut b = vec![0u8];
     b.extend_from_slice(&(ids.len() as u32).to_be_bytes());
@@ -236,7 +521,24 @@ pub fn list_answer<'a>(ids: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> 
     b
 }
 
-/// Parses the body of a list answer (after the 0 byte).
+/// Parses the body of a list answer (after the 0 byte, see
+/// [`answer_error`]).
+///
+/// `None` when the body is not a count and exactly that many ids: shorter
+/// than 4 bytes, fewer ids than counted, bytes left over, an empty id or
+/// one longer than [`ID_MAX`].
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{answer_error, list_answer, parse_list};
+/// let ids: [&[u8]; 2] = [b"a", b"bc"];
+/// let answer = list_answer(ids.into_iter());
+/// let body = answer_error(&answer)?;
+/// assert_eq!(parse_list(body), Some(vec![b"a".to_vec(), b"bc".to_vec()]));
+/// assert_eq!(parse_list(&body[..body.len() - 1]), None);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn parse_list(body: &[u8]) -> Option<Vec<Vec<u8>>> {
     let (n, mut rest) = body.split_first_chunk::<4>()?;
     let n = u32::from_be_bytes(*n) as usize;

@@ -21,7 +21,6 @@
 //!
 //! # Races
 //!
-
 //! Two instances that start at once may both find nothing held and both
 //! create. The holder takes the first store; the second gets `EBUSY`: that
 //! instance then drops what it created and retrieves the first one's, so
@@ -176,6 +175,21 @@ impl std::error::Error for Error {
     }
 }
 
+/// For `?` in a function returning `io::Result`: [`Error::Refused`] is
+/// `EPERM`, [`Error::NotHeld`] `ENOENT`, [`Error::TimedOut`] `ETIMEDOUT`,
+/// [`Error::Mismatch`] an [`io::ErrorKind::InvalidData`] error with its
+/// message; [`Error::Unreachable`] and [`Error::Io`] are their error.
+///
+/// # Example
+///
+/// ```
+/// use std::io::{self, ErrorKind};
+/// use fdholder::restart::Error;
+/// assert_eq!(io::Error::from(Error::Refused).kind(), ErrorKind::PermissionDenied);
+/// assert_eq!(io::Error::from(Error::TimedOut).kind(), ErrorKind::TimedOut);
+/// let e = io::Error::from(Error::Mismatch { expected: "TCP listener" });
+/// assert_eq!(e.kind(), ErrorKind::InvalidData);
+/// ```
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
@@ -329,9 +343,16 @@ impl Holder {
     /// [`Error::Unreachable`] when the holder cannot be reached,
     /// [`Error::Refused`] when its rules refuse retrieving or storing `id`,
     /// [`Error::TimedOut`] past the deadline, [`Error::Mismatch`] when the
-    /// holder holds something else under `id`, [`Error::Io`] when binding
-    /// fails (`EADDRINUSE` after [the wait](self#races)) or for an invalid
-    /// id (`EINVAL`, `ENAMETOOLONG`).
+    /// holder holds something else under `id`, [`Error::NotHeld`] when a
+    /// store race was lost and the winner's listener was deleted before it
+    /// could be retrieved, [`Error::Io`] when binding fails (`EADDRINUSE`
+    /// after [the wait](self#races)), for an invalid id (`EINVAL`,
+    /// `ENAMETOOLONG`), for another errno of the holder (`ENFILE`: it is
+    /// full) or a broken exchange (`EPIPE`, `EPROTO`). With
+    /// [`Holder::inherit`]: [`Error::Io`] with `EINVAL` for malformed
+    /// launcher variables or with [`Passed::duplicate`](crate::launch::Passed::duplicate)'s
+    /// error, [`Error::Mismatch`] when the inherited descriptor is not of
+    /// the kind asked for.
     ///
     /// # Example
     ///
@@ -646,6 +667,11 @@ impl Holder {
 ///
 /// The futures are `Send` when the arguments are: spawn them on the
 /// multi-threaded runtime.
+///
+/// One difference in errors: when the holder's listen backlog is full, the
+/// async connect fails at once with `EAGAIN` ([`Error::Unreachable`]; see
+/// [`AsyncClient::connect`](crate::asynchronous::AsyncClient::connect)),
+/// where the blocking helpers wait for room until the deadline.
 #[cfg(feature = "tokio")]
 impl Holder {
     /// [`Holder::tcp_listener`], async.

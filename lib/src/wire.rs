@@ -11,6 +11,46 @@
 //! with descriptors arriving on an earlier read than their header. Received
 //! descriptors are close-on-exec, and every one not handed on is closed when
 //! its owner drops.
+//!
+//! Both work on a socket in any mode (they pass `MSG_DONTWAIT`) and never
+//! wait: the caller polls (as [`crate::Client`] does) or awaits readiness
+//! (as `AsyncClient` does). A framing error ([`FrameError`], `EPROTO` as
+//! an [`io::Error`]) leaves the stream unusable: close it.
+//!
+//! # Example
+//!
+//! ```
+//! use std::fs::File;
+//! use std::os::fd::{AsFd, BorrowedFd};
+//! use std::os::unix::net::UnixStream;
+//! use fdholder::wire::{Receiver, Sender, MAX_LEN};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let (a, b) = UnixStream::pair()?;
+//! let null = File::open("/dev/null")?;
+//!
+//! // Two messages, the first with a descriptor.
+//! let mut tx: Sender<BorrowedFd<'_>> = Sender::new();
+//! tx.push(b"first".to_vec(), vec![null.as_fd()]);
+//! tx.push(b"second".to_vec(), vec![]);
+//! assert!(tx.flush(a.as_fd())?, "small messages fit the socket buffer");
+//!
+//! // The kernel may need a read per message (it ends a read at a message
+//! // that carries descriptors): take what is whole, else read more.
+//! let mut rx = Receiver::new(MAX_LEN);
+//! let mut got = Vec::new();
+//! while got.len() < 2 {
+//!     match rx.take_message()? {
+//!         Some((payload, fds)) => got.push((payload.to_vec(), fds.len())),
+//!         // Everything is sent already; else poll on WouldBlock.
+//!         None => assert!(rx.fill(b.as_fd())? > 0),
+//!     }
+//! }
+//! assert_eq!(got, [(b"first".to_vec(), 1), (b"second".to_vec(), 0)]);
+//! assert!(rx.is_empty());
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -22,15 +62,61 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-/// Size of the message header.
+/// Size of the message header: the payload length (u32 BE) and the number
+/// of descriptors (u16 BE).
+///
+/// # Example
+///
+/// ```
+/// use fdholder::wire::{header, HEADER};
+/// assert_eq!(header(5, 1).len(), HEADER);
+/// ```
 pub const HEADER: usize = 6;
-/// Largest payload a message may announce (2^28 bytes).
+/// Largest payload a message may announce (2^28 bytes); a
+/// [`Receiver`] may be given a lower limit.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::wire::{header, MAX_LEN};
+/// assert_eq!(MAX_LEN, 256 << 20);
+/// assert_eq!(header(MAX_LEN, 0), [0x10, 0, 0, 0, 0, 0]);
+/// ```
 pub const MAX_LEN: usize = 1 << 28;
 /// Most descriptors one message may carry (the kernel's `SCM_MAX_FD` less
-/// skalibs' margin).
+/// skalibs' margin). Dumps of more travel in several chunks
+/// ([`crate::proto::chunks_for`]).
+///
+/// # Example
+///
+/// ```
+/// use std::fs::File;
+/// use std::io::{ErrorKind, IoSlice};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+/// use fdholder::wire::{send_some, MAX_FDS};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let (a, _b) = UnixStream::pair()?;
+/// let null = File::open("/dev/null")?;
+/// let too_many = vec![null.as_fd(); MAX_FDS + 1];
+/// let e = send_some(a.as_fd(), &[IoSlice::new(b"x")], &too_many).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+/// assert_eq!(send_some(a.as_fd(), &[IoSlice::new(b"x")], &too_many[1..])?, 1);
+/// # Ok(())
+/// # }
+/// ```
 pub const MAX_FDS: usize = 253;
 
 /// The header for a message of `len` payload bytes and `nfds` descriptors.
+/// The caller keeps within [`MAX_LEN`] and [`MAX_FDS`] (checked in debug
+/// builds only).
+///
+/// # Example
+///
+/// ```
+/// assert_eq!(fdholder::wire::header(0x0102_0304, 0xfd), [1, 2, 3, 4, 0, 0xfd]);
+/// ```
 pub fn header(len: usize, nfds: usize) -> [u8; HEADER] {
     debug_assert!(len <= MAX_LEN && nfds <= MAX_FDS);
     let mut h = [0u8; HEADER];
@@ -40,7 +126,44 @@ pub fn header(len: usize, nfds: usize) -> [u8; HEADER] {
 }
 
 /// Performs one non-blocking `sendmsg` of `bufs`, with `fds` attached if
-/// non-empty. Returns the number of bytes written.
+/// non-empty (`MSG_NOSIGNAL`: no `SIGPIPE`). Returns the number of bytes
+/// written, which may be fewer than `bufs` hold; the descriptors went
+/// with them.
+///
+/// # Errors
+///
+/// - `EAGAIN` ([`io::ErrorKind::WouldBlock`]): the socket's buffer is
+///   full, nothing was written;
+/// - `EINTR`: try again;
+/// - `EINVAL`: more than [`MAX_FDS`] descriptors;
+/// - `EPIPE`, `ECONNRESET`: the peer closed its end;
+/// - `ETOOMANYREFS`: the kernel's limit on descriptors in flight;
+/// - `EBADF`, `ENOTSOCK`, `ENOTCONN`: `sock` is no connected socket.
+///
+/// # Example
+///
+/// ```
+/// use std::fs::File;
+/// use std::io::{ErrorKind, IoSlice};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+/// use fdholder::wire::{header, send_some};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let (a, b) = UnixStream::pair()?;
+/// let null = File::open("/dev/null")?;
+/// let h = header(1, 1);
+/// let bufs = [IoSlice::new(&h), IoSlice::new(b"x")];
+/// assert_eq!(send_some(a.as_fd(), &bufs, &[null.as_fd()])?, 7);
+/// # drop(b);
+///
+/// let (c, d) = UnixStream::pair()?;
+/// drop(d);
+/// let e = send_some(c.as_fd(), &bufs, &[]).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::BrokenPipe);
+/// # Ok(())
+/// # }
+/// ```
 pub fn send_some(
     sock: BorrowedFd<'_>,
     bufs: &[IoSlice<'_>],
@@ -73,7 +196,27 @@ struct Outgoing<F> {
 ///
 /// `F` is whatever keeps a descriptor alive until it is sent: a
 /// [`BorrowedFd`] for a client sending its own fd, an `Rc<OwnedFd>` for the
-/// daemon sending a held one.
+/// daemon sending a held one. A message's descriptors are dropped as soon
+/// as its first bytes are written (the kernel holds them then).
+///
+/// # Example
+///
+/// ```
+/// use std::os::fd::{AsFd, OwnedFd};
+/// use std::os::unix::net::UnixStream;
+/// use std::rc::Rc;
+/// use fdholder::wire::Sender;
+///
+/// # fn main() -> std::io::Result<()> {
+/// let (a, _b) = UnixStream::pair()?;
+/// let held: Rc<OwnedFd> = Rc::new(std::fs::File::open("/dev/null")?.into());
+/// let mut tx = Sender::new();
+/// tx.push(vec![0], vec![Rc::clone(&held)]);
+/// assert!(tx.flush(a.as_fd())?);
+/// assert_eq!(Rc::strong_count(&held), 1); // the queue's copy is gone
+/// # Ok(())
+/// # }
+/// ```
 pub struct Sender<F: AsFd> {
     queue: VecDeque<Outgoing<F>>,
 }
@@ -88,11 +231,30 @@ impl<F: AsFd> Default for Sender<F> {
 
 impl<F: AsFd> Sender<F> {
     /// An empty queue.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::BorrowedFd;
+    /// let tx = fdholder::wire::Sender::<BorrowedFd<'_>>::new();
+    /// assert!(tx.is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Queues a message. The caller keeps within [`MAX_LEN`] and [`MAX_FDS`].
+    /// Queues a message; nothing is written until [`Sender::flush`]. The
+    /// caller keeps within [`MAX_LEN`] and [`MAX_FDS`] (more descriptors
+    /// make the flush fail with `EINVAL`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::BorrowedFd;
+    /// let mut tx = fdholder::wire::Sender::<BorrowedFd<'_>>::new();
+    /// tx.push(b"L".to_vec(), vec![]);
+    /// assert_eq!(tx.len(), 1);
+    /// ```
     pub fn push(&mut self, payload: Vec<u8>, fds: Vec<F>) {
         let header = header(payload.len(), fds.len());
         self.queue.push_back(Outgoing {
@@ -104,17 +266,67 @@ impl<F: AsFd> Sender<F> {
     }
 
     /// Whether everything queued has been written.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::{AsFd, BorrowedFd};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut tx = fdholder::wire::Sender::<BorrowedFd<'_>>::new();
+    /// tx.push(b"L".to_vec(), vec![]);
+    /// assert!(!tx.is_empty());
+    /// tx.flush(a.as_fd())?;
+    /// assert!(tx.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
     /// Number of messages not yet fully written.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::BorrowedFd;
+    /// let mut tx = fdholder::wire::Sender::<BorrowedFd<'_>>::new();
+    /// tx.push(b"L".to_vec(), vec![]);
+    /// tx.push(b"?".to_vec(), vec![]);
+    /// assert_eq!(tx.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.queue.len()
     }
 
     /// Writes as much as the socket takes. Returns `Ok(true)` when the queue
-    /// is empty, `Ok(false)` when the socket would block.
+    /// is empty, `Ok(false)` when the socket would block (wait until it is
+    /// writable and call again). `EINTR` is retried.
+    ///
+    /// # Errors
+    ///
+    /// [`send_some`]'s other errors: `EPIPE`/`ECONNRESET` when the peer
+    /// closed its end, `EINVAL` for a message with more than [`MAX_FDS`]
+    /// descriptors, ... A message may then be partly written: the stream is
+    /// unusable.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::os::fd::{AsFd, BorrowedFd};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut tx = fdholder::wire::Sender::<BorrowedFd<'_>>::new();
+    /// tx.push(b"L".to_vec(), vec![]);
+    /// assert!(tx.flush(a.as_fd())?);
+    /// let mut got = [0; 7];
+    /// b.read_exact(&mut got)?;
+    /// assert_eq!(got, [0, 0, 0, 1, 0, 0, b'L']);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn flush(&mut self, sock: BorrowedFd<'_>) -> io::Result<bool> {
         while let Some(m) = self.queue.front_mut() {
             let total = HEADER + m.payload.len();
@@ -154,14 +366,37 @@ impl<F: AsFd> Sender<F> {
     }
 }
 
-/// Why a byte stream cannot be a sequence of messages.
+/// Why a byte stream cannot be a sequence of messages. As an
+/// [`io::Error`] (`?` converts it) it is `EPROTO`.
+///
+/// # Example
+///
+/// ```
+/// use std::io::Write;
+/// use std::os::fd::AsFd;
+/// use fdholder::wire::{header, FrameError, Receiver};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let (mut a, b) = std::os::unix::net::UnixStream::pair()?;
+/// let mut rx = Receiver::new(16);
+/// a.write_all(&header(17, 0))?; // over this receiver's limit
+/// rx.fill(b.as_fd())?;
+/// assert_eq!(rx.take_message().err(), Some(FrameError::TooLong));
+/// let e = std::io::Error::from(FrameError::TooLong);
+/// assert_eq!(e.raw_os_error(), Some(71)); // EPROTO
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// The header announces more payload than allowed.
     TooLong,
-    /// The header announces more than [`MAX_FDS`] descriptors.
+    /// The header announces more than [`MAX_FDS`] descriptors, or
+    /// descriptors arrived that no message announced.
     TooManyFds,
-    /// Descriptors were lost in transit (`MSG_CTRUNC`).
+    /// Descriptors were lost in transit (`MSG_CTRUNC`: say, the receiving
+    /// process is at its descriptor limit), or a whole message is buffered
+    /// and still waits for the descriptors it announced.
     Truncated,
 }
 
@@ -173,9 +408,46 @@ impl From<FrameError> for io::Error {
 
 /// A received message: its payload (borrowed from the receiver's buffer)
 /// and its descriptors.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::wire::{Frame, FrameError, Receiver};
+/// // Copy the payload out to keep it past the next call on the receiver.
+/// fn next(rx: &mut Receiver) -> Result<Option<Vec<u8>>, FrameError> {
+///     let frame: Option<Frame<'_>> = rx.take_message()?;
+///     Ok(frame.map(|(payload, _fds)| payload.to_vec()))
+/// }
+/// assert_eq!(next(&mut Receiver::new(100)), Ok(None));
+/// ```
 pub type Frame<'a> = (&'a [u8], Vec<OwnedFd>);
 
-/// Reassembles messages from a stream socket.
+/// Reassembles messages from a stream socket: [`Receiver::fill`] reads,
+/// [`Receiver::take_message`] hands out each complete message.
+///
+/// # Example
+///
+/// ```
+/// use std::io::ErrorKind;
+/// use std::os::fd::{AsFd, BorrowedFd};
+/// use std::os::unix::net::UnixStream;
+/// use fdholder::wire::{Receiver, Sender, MAX_LEN};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let (a, b) = UnixStream::pair()?;
+/// let mut rx = Receiver::new(MAX_LEN);
+/// // Nothing sent yet: a non-blocking read finds nothing.
+/// assert_eq!(rx.fill(b.as_fd()).unwrap_err().kind(), ErrorKind::WouldBlock);
+/// let mut tx = Sender::<BorrowedFd<'_>>::new();
+/// tx.push(b"hello".to_vec(), vec![]);
+/// tx.flush(a.as_fd())?;
+/// assert_eq!(rx.fill(b.as_fd())?, 6 + 5);
+/// assert_eq!(rx.take_message()?.map(|(p, _)| p.to_vec()), Some(b"hello".to_vec()));
+/// drop(a);
+/// assert_eq!(rx.fill(b.as_fd())?, 0); // the peer closed its end
+/// # Ok(())
+/// # }
+/// ```
 pub struct Receiver {
     buf: Vec<u8>,
     start: usize,
@@ -197,6 +469,15 @@ impl std::fmt::Debug for Receiver {
 impl Receiver {
     /// A receiver that accepts payloads up to `max_len` bytes (at most
     /// [`MAX_LEN`]), starting with a small buffer that grows on demand.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use fdholder::{proto, wire::Receiver};
+    /// // What a daemon accepts: the longest well-formed request.
+    /// let rx = Receiver::new(proto::MAX_REQUEST);
+    /// assert!(rx.is_empty());
+    /// ```
     pub fn new(max_len: usize) -> Receiver {
         let initial = 4096;
         Receiver {
@@ -210,12 +491,53 @@ impl Receiver {
     }
 
     /// Whether no partial message bytes nor descriptors are buffered.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsFd;
+    /// use fdholder::wire::{header, Receiver, MAX_LEN};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (mut a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut rx = Receiver::new(MAX_LEN);
+    /// a.write_all(&header(1, 0)[..3])?; // half a header
+    /// rx.fill(b.as_fd())?;
+    /// assert!(rx.take_message()?.is_none());
+    /// assert!(!rx.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.start == self.end && self.fds.is_empty()
     }
 
     /// Performs one `recvmsg` (non-blocking). Returns the number of bytes
-    /// read; 0 means the peer closed its end.
+    /// read; 0 means the peer closed its end. Descriptors received are
+    /// close-on-exec.
+    ///
+    /// # Errors
+    ///
+    /// - `EAGAIN` ([`io::ErrorKind::WouldBlock`]): nothing to read yet;
+    /// - `EINTR`: try again;
+    /// - `EPROTO` ([`FrameError::Truncated`]): descriptors were lost
+    ///   (`MSG_CTRUNC`), or the buffer holds a whole `max_len` message still
+    ///   waiting for its descriptors; the stream is unusable;
+    /// - `ECONNRESET`; `EBADF`, `ENOTSOCK`: `sock` is no socket.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use fdholder::wire::{Receiver, MAX_LEN};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut rx = Receiver::new(MAX_LEN);
+    /// drop(a);
+    /// assert_eq!(rx.fill(b.as_fd())?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fill(&mut self, sock: BorrowedFd<'_>) -> io::Result<usize> {
         self.make_room()?;
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
@@ -263,7 +585,39 @@ impl Receiver {
     }
 
     /// Takes the next complete message out of the buffer: its payload and
-    /// its descriptors. `Ok(None)` means more input is needed.
+    /// its descriptors. `Ok(None)` means more input is needed
+    /// ([`Receiver::fill`]).
+    ///
+    /// # Errors
+    ///
+    /// - [`FrameError::TooLong`]: the header announces more than `max_len`
+    ///   bytes;
+    /// - [`FrameError::TooManyFds`]: the header announces more than
+    ///   [`MAX_FDS`] descriptors, or descriptors came that no message
+    ///   announced.
+    ///
+    /// The stream is unusable after either.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::fs::File;
+    /// use std::io::IoSlice;
+    /// use std::os::fd::AsFd;
+    /// use fdholder::wire::{header, send_some, FrameError, Receiver, MAX_LEN};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let null = File::open("/dev/null")?;
+    /// // A message that announces no descriptor, sent with one.
+    /// let h = header(0, 0);
+    /// send_some(a.as_fd(), &[IoSlice::new(&h)], &[null.as_fd()])?;
+    /// let mut rx = Receiver::new(MAX_LEN);
+    /// rx.fill(b.as_fd())?;
+    /// assert!(matches!(rx.take_message(), Ok(Some((p, fds))) if p.is_empty() && fds.is_empty()));
+    /// assert_eq!(rx.take_message().err(), Some(FrameError::TooManyFds));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn take_message(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
         let avail = self.end - self.start;
         if avail < HEADER {
