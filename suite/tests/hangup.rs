@@ -514,3 +514,41 @@ fn reference_store_program_against_our_daemon_is_unchanged() {
     sync_with_a_sentinel(&mut c);
     assert_eq!(ids(&mut c), v(&[b"theirs"]));
 }
+
+#[test]
+fn unconnected_stream_socket_and_udp_error_hang_up_at_once() {
+    let d = Daemon::start(Impl::Ours);
+    let mut c = d.client();
+    // Neither connected nor listening: POLLHUP from the start.
+    let s = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    c.store_dropping_on_hangup(s.as_fd(), b"unconnected", None, deadline())
+        .unwrap();
+    wait_gone(&mut c, b"unconnected");
+    // A connected UDP socket that gets an ICMP port unreachable: POLLERR.
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = gone.local_addr().unwrap();
+    drop(gone);
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.connect(addr).unwrap();
+    c.store_dropping_on_hangup(u.as_fd(), b"udp", None, deadline())
+        .unwrap();
+    // Unconnected UDP with no error: kept.
+    let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.store_dropping_on_hangup(quiet.as_fd(), b"udp-quiet", None, deadline())
+        .unwrap();
+    // Sent again until the error comes (an ICMP can be rate-limited); a
+    // send may itself fail with that error once the daemon took it.
+    let end = Instant::now() + Duration::from_secs(10);
+    while ids(&mut c).iter().any(|i| i == b"udp") {
+        assert!(Instant::now() < end, "udp still held 10 s after its error");
+        let _ = u.send(b"anyone?");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sync_with_a_sentinel(&mut c);
+    assert_eq!(ids(&mut c), v(&[b"udp-quiet"]));
+}
