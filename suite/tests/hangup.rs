@@ -154,7 +154,7 @@ fn v(ids: &[&[u8]]) -> Vec<Vec<u8>> {
 
 #[test]
 fn marked_socket_and_pipe_are_dropped_when_their_peer_closes() {
-    let d = Daemon::start(Impl::Ours);
+    let d = Daemon::with_args(Impl::Ours, &["-v2"]);
     let mut c = d.client();
     // Once a request has been answered, the connection is accepted.
     assert!(ids(&mut c).is_empty());
@@ -195,6 +195,11 @@ fn marked_socket_and_pipe_are_dropped_when_their_peer_closes() {
     wait_gone(&mut c, b"pipe-w");
     assert_eq!(d.wait_fds(base_fds), base_fds);
     assert_eq!(watched(&d), 0);
+    let log = d.stderr();
+    for id in ["sock", "pipe-r", "pipe-w"] {
+        let line = format!("s6-fdholderd: info: dropped id {id}: it hung up\n");
+        assert!(log.contains(&line), "{line:?} not in {log}");
+    }
 }
 
 #[test]
