@@ -44,6 +44,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use rustix::io::Errno;
 use tokio::io::Interest;
@@ -53,6 +54,10 @@ use crate::client::{self, DumpEntry, DumpEntryRef};
 use crate::proto;
 use crate::tain::Tain;
 use crate::wire::{self, MAX_FDS, Receiver, Sender};
+
+/// The longest pause between two tries of [`AsyncClient::connect`] while
+/// the daemon's listen backlog is full.
+const CONNECT_PAUSE_MAX: Duration = Duration::from_millis(64);
 
 /// A connection to an fd-holding daemon, for tokio.
 ///
@@ -92,13 +97,16 @@ impl AsyncClient {
     /// # Errors
     ///
     /// The connect's: `ENOENT` (no such path), `ECONNREFUSED` (nobody
-    /// listens), `EACCES`...; `EAGAIN` ([`io::ErrorKind::WouldBlock`]) at
-    /// once when the daemon's listen backlog is full (unlike
-    /// [`Client::connect`](crate::Client::connect), which waits for room
-    /// until its deadline: the socket is non-blocking here, and tokio does
-    /// not retry); [`io::ErrorKind::InvalidInput`] for a path too long for
-    /// a `sockaddr_un`; an error registering with the runtime (no tokio
-    /// runtime with I/O enabled).
+    /// listens), `EACCES`...; [`io::ErrorKind::InvalidInput`] for a path too
+    /// long for a `sockaddr_un`; an error registering with the runtime (no
+    /// tokio runtime with I/O and time enabled).
+    ///
+    /// When the daemon's listen backlog is full (a burst of clients), a
+    /// non-blocking connect fails with `EAGAIN`: this waits for room, as
+    /// [`Client::connect`](crate::Client::connect) does, trying again after
+    /// 1 ms, then 2, 4 ... up to 64 ms between tries, for as long as the
+    /// future is polled. Bound it with `tokio::time::timeout`; dropping
+    /// the future leaves nothing behind.
     ///
     /// # Example
     ///
@@ -110,7 +118,18 @@ impl AsyncClient {
     /// # }
     /// ```
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<AsyncClient> {
-        Ok(AsyncClient::from_stream(UnixStream::connect(path).await?))
+        let path = path.as_ref();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(sock) => return Ok(AsyncClient::from_stream(sock)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CONNECT_PAUSE_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Uses `sock`, a stream socket already connected to a daemon (made

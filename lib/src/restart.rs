@@ -668,10 +668,9 @@ impl Holder {
 /// The futures are `Send` when the arguments are: spawn them on the
 /// multi-threaded runtime.
 ///
-/// One difference in errors: when the holder's listen backlog is full, the
-/// async connect fails at once with `EAGAIN` ([`Error::Unreachable`]; see
-/// [`AsyncClient::connect`](crate::asynchronous::AsyncClient::connect)),
-/// where the blocking helpers wait for room until the deadline.
+/// As the blocking helpers, they wait for room when the holder's listen
+/// backlog is full, until the deadline (see
+/// [`AsyncClient::connect`](crate::asynchronous::AsyncClient::connect)).
 #[cfg(feature = "tokio")]
 impl Holder {
     /// [`Holder::tcp_listener`], async.

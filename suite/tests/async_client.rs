@@ -186,6 +186,58 @@ fn connect_errors_and_fd_round_trip() {
     });
 }
 
+/// A full listen backlog: the async connect waits for room, as the
+/// blocking one does, instead of failing at once with `EAGAIN`.
+#[test]
+fn connect_waits_while_the_backlog_is_full() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let rt = runtime();
+    let dir = tmpdir("async-backlog");
+    let path = dir.join("s");
+    let l = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&l, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&l, 0).unwrap();
+    let listener = UnixListener::from(l);
+    // Fill the backlog with non-blocking connects until one is refused.
+    let mut queued = Vec::new();
+    loop {
+        let s = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        match rustix::net::connect(&s, &SocketAddrUnix::new(&path).unwrap()) {
+            Ok(()) => queued.push(s),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(queued.len() < 100, "the backlog never filled");
+    }
+    rt.block_on(async {
+        let p = path.clone();
+        let pending = tokio::spawn(async move { AsyncClient::connect(p).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !pending.is_finished(),
+            "the connect ended while the backlog was full: {:?}",
+            pending.await
+        );
+        // Room again: the waiting connect gets in.
+        drop(listener.accept().unwrap());
+        let c = bounded(pending).await.unwrap();
+        assert!(c.is_ok(), "{:?}", c.err());
+    });
+    drop(queued);
+}
+
 // ---- The async restart helpers.
 
 fn holder(d: &Daemon) -> Holder {
