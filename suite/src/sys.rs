@@ -156,6 +156,46 @@ pub fn ignore_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// Ignores `sig` (SIGTERM, SIGHUP...): for `s6-fdholder-sdnotify`'s
+/// watcher, which must outlive a signal sent to its process group until
+/// the program it watches has exited.
+pub fn ignore_signal(sig: libc::c_int) {
+    // SAFETY: SIG_IGN is a valid disposition and no handler code runs.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+/// What [`fork`] returned in the process that called it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the calling process: the child's pid.
+    Parent(rustix::process::Pid),
+}
+
+/// `fork()`. Only for a single-threaded program (every program of the
+/// suite is), where the child may run any code.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the process has one thread, so the child inherits no lock
+    // held by another thread; both sides go on with a consistent copy.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        0 => Ok(Forked::Child),
+        p if p > 0 => Ok(Forked::Parent(
+            rustix::process::Pid::from_raw(p).ok_or_else(io::Error::last_os_error)?,
+        )),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// `_exit(code)`: ends the process at once, without flushing stdio or
+/// running anything registered to run at exit (for the middle process of
+/// a double fork, whose copies of the parent's buffers are not its own).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of the process.
+    unsafe { libc::_exit(code) }
+}
+
 /// Closes descriptor 1, as the reference daemon does with its stdout, so
 /// that its descriptor budget (RLIMIT_NOFILE − 6 held fds) is the same.
 ///
