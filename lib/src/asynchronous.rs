@@ -258,6 +258,50 @@ impl AsyncClient {
         self.recv_status().await
     }
 
+    /// Stores like [`AsyncClient::store`], marked so that the daemon
+    /// closes and forgets it when it reports `POLLHUP` or `POLLERR` (a
+    /// connected socket whose peer left, a pipe whose other end closed).
+    /// The same semantics as the blocking
+    /// [`Client::store_dropping_on_hangup`](crate::Client::store_dropping_on_hangup).
+    /// Not cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClient::store`], and `EOPNOTSUPP`: the daemon does not
+    /// support marked stores; the connection is no longer usable (the
+    /// client refuses further requests), connect again (and, e.g., store
+    /// unmarked).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsFd;
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient,
+    /// #            conn: std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    /// match c.store_dropping_on_hangup(conn.as_fd(), b"conn/1", None).await {
+    ///     Err(e) if e.raw_os_error() == Some(95) => { /* EOPNOTSUPP: reconnect, store unmarked */ }
+    ///     r => r?,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn store_dropping_on_hangup(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        id: &[u8],
+        limit: Option<Tain>,
+    ) -> io::Result<()> {
+        proto::check_id(id)?;
+        self.begin()?;
+        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
+        let payload = proto::store_marked(id, limit, proto::OnHangup::Drop);
+        let r = match self.send(payload, vec![fd]).await {
+            Ok(()) => self.recv_status().await,
+            Err(e) => Err(e),
+        };
+        r.map_err(client::marked_store_error)
+    }
+
     /// Deletes (and closes, in the daemon) the fd held under `id`. Not
     /// cancellation-safe.
     ///

@@ -216,6 +216,36 @@ impl Client {
         self.recv_status(deadline)
     }
 
+    /// Stores like [`Client::store`], marked so that the daemon closes and
+    /// forgets it when it reports `POLLHUP` or `POLLERR`: a connected
+    /// socket whose peer left (a Unix stream socket, a TCP connection
+    /// reset), a pipe whose other end closed. The daemon applies the store
+    /// right, and answers `EPERM`, `ENFILE`, `EBUSY` as for a store. It
+    /// never polls a listening socket, a regular file or a directory: the
+    /// mark is taken and has no effect. See `docs/s6-fdholderd.md`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::store`], and `EOPNOTSUPP`: the daemon does not support
+    /// marked stores; the connection is no longer usable, connect again
+    /// (and, e.g., store unmarked). The reference daemon closes the
+    /// connection on a request it does not know; a daemon that exits in
+    /// the middle of the request looks the same from here.
+    pub fn store_dropping_on_hangup(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        id: &[u8],
+        limit: Option<Tain>,
+        deadline: Deadline,
+    ) -> io::Result<()> {
+        proto::check_id(id)?;
+        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
+        let payload = proto::store_marked(id, limit, proto::OnHangup::Drop);
+        self.send(payload, vec![fd], deadline)
+            .and_then(|()| self.recv_status(deadline))
+            .map_err(marked_store_error)
+    }
+
     /// Deletes (and closes, in the daemon) the fd held under `id`.
     pub fn delete(&mut self, id: &[u8], deadline: Deadline) -> io::Result<()> {
         proto::check_id(id)?;
@@ -296,6 +326,19 @@ impl Client {
             setdump_chunk_answer(&ans, &fds, i + 1 == n)?;
         }
         Ok(())
+    }
+}
+
+/// Maps a marked store's failure: the connection closed under it (`EPIPE`
+/// as the clients report an end of file, `ECONNRESET`) is how a daemon
+/// that does not know the request answers it, reported as `EOPNOTSUPP`.
+pub(crate) fn marked_store_error(e: io::Error) -> io::Error {
+    use rustix::io::Errno;
+    match e.raw_os_error() {
+        Some(n) if n == Errno::PIPE.raw_os_error() || n == Errno::CONNRESET.raw_os_error() => {
+            io::Error::from(Errno::OPNOTSUPP)
+        }
+        _ => e,
     }
 }
 

@@ -16,6 +16,10 @@ pub const ID_MAX: usize = 255;
 
 /// Opcode of a store request.
 pub const OP_STORE: u8 = b'S';
+/// Opcode of a store request whose fd the daemon drops when it hangs up
+/// (ours only: the reference daemon, which does not know it, closes the
+/// connection; not one of the reference's `SDRL?!.`).
+pub const OP_STORE_DROPPING_ON_HANGUP: u8 = b'H';
 /// Opcode of a delete request.
 pub const OP_DELETE: u8 = b'D';
 /// Opcode of a retrieve request.
@@ -38,6 +42,16 @@ pub const fn entry_len(idlen: usize) -> usize {
 /// [`MAX_FDS`] entries with 255-byte ids.
 pub const MAX_REQUEST: usize = 1 + MAX_FDS * entry_len(ID_MAX);
 
+/// What the daemon does with a held fd that hangs up (reports `POLLHUP`
+/// or `POLLERR`): the mark a store gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHangup {
+    /// Keep it (a plain store, [`OP_STORE`]; every setdump entry).
+    Keep,
+    /// Close and forget it ([`OP_STORE_DROPPING_ON_HANGUP`]).
+    Drop,
+}
+
 /// A parsed request. Ids are borrowed from the message, NUL-terminated.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -47,6 +61,8 @@ pub enum Request<'a> {
         limit: Tain,
         /// Identifier.
         id: &'a CStr,
+        /// Whether to drop it on hang-up: which opcode came.
+        on_hangup: OnHangup,
     },
     /// Close and forget the fd held under `id`.
     Delete {
@@ -133,10 +149,18 @@ pub fn parse_entries(mut b: &[u8], n: usize) -> Option<Vec<(Tain, &CStr)>> {
 pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
     let (&op, body) = payload.split_first()?;
     let req = match op {
-        OP_STORE => {
+        OP_STORE | OP_STORE_DROPPING_ON_HANGUP => {
             let (limit, rest) = take_tain(body)?;
             let (id, rest) = take_id(rest)?;
-            (nfds == 1 && rest.is_empty()).then_some(Request::Store { limit, id })?
+            let on_hangup = match op {
+                OP_STORE => OnHangup::Keep,
+                _ => OnHangup::Drop,
+            };
+            (nfds == 1 && rest.is_empty()).then_some(Request::Store {
+                limit,
+                id,
+                on_hangup,
+            })?
         }
         OP_DELETE => {
             let (id, rest) = take_id(body)?;
@@ -171,8 +195,18 @@ pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
 
 /// Encodes a store request (sent with the fd).
 pub fn store(id: &[u8], limit: Tain) -> Vec<u8> {
+    store_marked(id, limit, OnHangup::Keep)
+}
+
+/// Encodes a store request with the fd's mark: [`OnHangup::Keep`] is a
+/// plain store, [`OnHangup::Drop`] the same payload under
+/// [`OP_STORE_DROPPING_ON_HANGUP`].
+pub fn store_marked(id: &[u8], limit: Tain, on_hangup: OnHangup) -> Vec<u8> {
     let mut b = Vec::with_capacity(2 + tain::PACK + id.len() + 1);
-    b.push(OP_STORE);
+    b.push(match on_hangup {
+        OnHangup::Keep => OP_STORE,
+        OnHangup::Drop => OP_STORE_DROPPING_ON_HANGUP,
+    });
     push_entry(&mut b, limit, id);
     b
 }
@@ -274,10 +308,27 @@ mod tests {
         let foo = CStr::from_bytes_with_nul(&idc).unwrap();
         assert_eq!(
             parse_request(&b, 1),
-            Some(Request::Store { limit: t, id: foo })
+            Some(Request::Store {
+                limit: t,
+                id: foo,
+                on_hangup: OnHangup::Keep
+            })
         );
         assert_eq!(parse_request(&b, 0), None);
         assert_eq!(parse_request(&b, 2), None);
+        let h = store_marked(b"foo", t, OnHangup::Drop);
+        assert_eq!(h[0], OP_STORE_DROPPING_ON_HANGUP);
+        assert_eq!(h[1..], b[1..]);
+        assert_eq!(
+            parse_request(&h, 1),
+            Some(Request::Store {
+                limit: t,
+                id: foo,
+                on_hangup: OnHangup::Drop
+            })
+        );
+        assert_eq!(parse_request(&h, 0), None);
+        assert_eq!(parse_request(&h[..h.len() - 1], 1), None);
         assert_eq!(
             parse_request(&delete(b"foo"), 0),
             Some(Request::Delete { id: foo })

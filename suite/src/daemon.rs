@@ -947,7 +947,16 @@ fn handle_request(
         return Err(ProtocolError);
     }
     match req {
-        Request::Store { limit, id } => do_store(st, store, cfg, limit, id, fds)?,
+        Request::Store {
+            limit,
+            id,
+            on_hangup: proto::OnHangup::Keep,
+        } => do_store(st, store, cfg, limit, id, fds)?,
+        // Not served yet: refused as the reference refuses it.
+        Request::Store {
+            on_hangup: proto::OnHangup::Drop,
+            ..
+        } => return Err(ProtocolError),
         Request::Delete { id } => do_delete(st, store, cfg, id),
         Request::Retrieve { id, delete } => do_retrieve(st, store, cfg, id, delete),
         Request::List => do_list(st, store, cfg),

@@ -337,3 +337,25 @@ fn async_concurrent_starts_all_serve_one_descriptor() {
         assert!(got.iter().all(|g| g[k].1 == got[0][k].1), "{k}: {got:?}");
     }
 }
+
+#[test]
+fn marked_store_against_the_reference_is_eopnotsupp() {
+    if !have_reference() {
+        return;
+    }
+    let rt = runtime();
+    let d = Daemon::start(Impl::Reference);
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let sock = d.sock.clone();
+    rt.block_on(async {
+        let mut c = bounded(AsyncClient::connect(&sock)).await.unwrap();
+        let e = bounded(c.store_dropping_on_hangup(a.as_fd(), b"marked", None))
+            .await
+            .unwrap_err();
+        assert_eq!(errno(&e), Some(libc::EOPNOTSUPP), "{e}");
+        // The client is no longer usable; a new one is, and nothing is held.
+        assert!(bounded(c.list()).await.is_err());
+        let mut c = bounded(AsyncClient::connect(&sock)).await.unwrap();
+        assert_eq!(bounded(c.list()).await.unwrap(), Vec::<Vec<u8>>::new());
+    });
+}

@@ -22,7 +22,11 @@ pub fn check_parse(payload: &[u8], nfds: usize) -> bool {
         return false;
     };
     let (enc, want_nfds) = match &req {
-        Request::Store { limit, id } => (proto::store(id.to_bytes(), *limit), 1),
+        Request::Store {
+            limit,
+            id,
+            on_hangup,
+        } => (proto::store_marked(id.to_bytes(), *limit, *on_hangup), 1),
         Request::Delete { id } => (proto::delete(id.to_bytes()), 0),
         Request::Retrieve { id, delete } => (proto::retrieve(id.to_bytes(), *delete), 0),
         Request::List => (vec![proto::OP_LIST], 0),
