@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::cli::{EXIT_REFUSED, EXIT_SYS, Prog, strerror};
-use fdholder::client::Deadline;
 use crate::sd;
+use fdholder::client::Deadline;
 
 const PROG: Prog = Prog {
     name: "s6-fdholder-sdlisten",

@@ -268,7 +268,7 @@ pub fn main() {
         let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
     let mut env = place(&PROG, held, &prefix);
-    env.push(("NOTIFY_SOCKET".into(), Some(path.into())));
+    env.push(("NOTIFY_SOCKET".into(), Some(path)));
     env.push(("FDSTORE".into(), Some(max.to_string().into())));
     PROG.exec(prog, &env)
 }
@@ -290,7 +290,11 @@ fn notify_socket() -> io::Result<(OwnedFd, OsString, OsString)> {
     for base in bases {
         for n in 0..10u32 {
             let mut dir = base.clone();
-            dir.push(format!("/s6-fdholder-sdnotify.{}.{}", std::process::id(), nanos ^ n));
+            dir.push(format!(
+                "/s6-fdholder-sdnotify.{}.{}",
+                std::process::id(),
+                nanos ^ n
+            ));
             match rustix::fs::mkdir(&dir, Mode::RWXU) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::EXIST) => continue,
@@ -505,7 +509,11 @@ impl Watcher {
             ids.retain(|id| of_name(id).is_none());
             self.known.retain(|(id, _)| of_name(id).is_none());
         }
-        let mut k = ids.iter().filter_map(|id| of_name(id)).max().map_or(0, |k| k + 1);
+        let mut k = ids
+            .iter()
+            .filter_map(|id| of_name(id))
+            .max()
+            .map_or(0, |k| k + 1);
         let mut held = ids.len();
         let total = fds.len();
         for (i, fd) in fds.into_iter().enumerate() {
@@ -543,7 +551,18 @@ impl Watcher {
         poll: bool,
     ) -> io::Result<()> {
         let deadline = deadline_ms(self.timeout);
-        let _ = poll;
+        if poll && self.hangup == Hangup::Supported {
+            match client.store_dropping_on_hangup(fd, id, None, deadline) {
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.hangup = Hangup::Unsupported;
+                    PROG.warn(
+                        "the fd-holder daemon cannot drop fds on hang-up: storing them unmarked",
+                    );
+                    *client = self.connect()?;
+                }
+                r => return r,
+            }
+        }
         client.store(fd, id, None, deadline)
     }
 }
