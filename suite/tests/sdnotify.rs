@@ -93,9 +93,15 @@ impl Svc {
     /// `sdnotify opts... SOCK svc/ python DRIVER`, with `shell` run first
     /// by `sh` (e.g. `exec 5>fifo`).
     fn start(d: &Daemon, opts: &[&str], shell: &str) -> Svc {
+        Svc::start_in(d, opts, shell, &[])
+    }
+
+    /// [`Svc::start`] with sdnotify run by `wrap` (e.g. `unshare`).
+    fn start_in(d: &Daemon, opts: &[&str], shell: &str, wrap: &[&str]) -> Svc {
         let tmp = TempDir::new("sdnotify");
         let mut child = Command::new("sh")
             .args(["-c", &format!("{shell}\nexec \"$@\""), "sh"])
+            .args(wrap)
             .arg(sdnotify())
             .args(opts)
             .arg(&d.sock)
@@ -113,7 +119,9 @@ impl Svc {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.first(), Some(&"start"), "{line:?}: {}", read(&tmp));
         let (pid, notify) = (f[1].parse().unwrap(), f[2].to_string());
-        assert_eq!(pid, child.id(), "sdnotify execs into the program");
+        if wrap.is_empty() {
+            assert_eq!(pid, child.id(), "sdnotify execs into the program");
+        }
         let watcher = watcher_of(&notify);
         Svc {
             child,
@@ -325,6 +333,38 @@ fn send_from_here(path: &str, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) 
         SendFlags::empty(),
     )
     .unwrap();
+}
+
+/// A sender outside the watcher's pid namespace (the test; sdnotify runs
+/// under `unshare --pid --fork`): the kernel's credentials say pid 0,
+/// which names no process: refused as no credentials, even with `-a`.
+#[test]
+fn no_credentials() {
+    if !is_root("no_credentials") || !have_python_systemd() {
+        return;
+    }
+    let d = Daemon::start(Impl::Ours);
+    let dfds = d.open_fds();
+    let mut s = Svc::start_in(&d, &["-a"], "", &["unshare", "--pid", "--fork"]);
+    let wfds = s.watcher_fds();
+    let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    send_from_here(&s.notify, b"FDSTORE=1\nFDNAME=x", &[r.as_fd()]);
+    s.sync();
+    assert!(
+        s.stderr()
+            .contains("warning: datagram refused: no credentials (or a pid of 0)"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(held(&d), Vec::<String>::new());
+    assert_eq!(s.watcher_fds(), wfds);
+    assert_eq!(d.wait_fds(dfds), dfds);
+    s.exec("r, w = pipe(); daemon.notify('FDSTORE=1\\nFDNAME=after\\nFDPOLL=0', fds=[r])");
+    s.sync();
+    assert_eq!(held(&d), ["svc/after:00000000"]);
+    drop(s.stdin.take());
+    let code = wait_timeout(&mut s.child, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{}", s.stderr());
 }
 
 /// A process of another uid (the driver's child, connected as root, then

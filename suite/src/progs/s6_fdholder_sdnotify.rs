@@ -9,7 +9,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
@@ -17,10 +16,7 @@ use std::time::{Duration, Instant};
 use fdholder::Client;
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::Mode;
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SocketAddrUnix, SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::s6_fdholder_sdlisten::{place, retrieve_held};
 use crate::cli::{EXIT_SYS, Prog, deadline_ms, strerror};
@@ -64,7 +60,8 @@ enum Refusal {
     Oversize,
     /// Control data cut (more fds than `-n` allows).
     Truncated,
-    /// No `SCM_CREDENTIALS`.
+    /// No `SCM_CREDENTIALS`, or a pid of 0 in them (the sender is in
+    /// no pid namespace this one sees).
     NoCredentials,
     /// Sent by another process than the program (without `-a`).
     OtherPid(i32),
@@ -86,7 +83,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Oversize => write!(f, "datagram larger than {DGRAM_MAX} bytes"),
             Refusal::Truncated => f.write_str("control data truncated (too many fds)"),
-            Refusal::NoCredentials => f.write_str("no credentials"),
+            Refusal::NoCredentials => f.write_str("no credentials (or a pid of 0)"),
             Refusal::OtherPid(p) => write!(f, "sent by pid {p}, not the program's"),
             Refusal::OtherUid(u) => write!(f, "sent by uid {u}, not the program's"),
             Refusal::Flood => write!(f, "flood (more than {FLOOD} datagrams in a second)"),
@@ -185,7 +182,9 @@ struct Watcher {
     served: u32,
     warned: u32,
     unsaid: u32,
-    control: Vec<MaybeUninit<u8>>,
+    /// Room for the control data of one datagram: `max` fds and
+    /// credentials.
+    control: Vec<u64>,
 }
 
 /// The program: parses `std::env::args_os()` and execs.
@@ -248,10 +247,7 @@ pub fn main() {
                 served: 0,
                 warned: 0,
                 unsaid: 0,
-                control: vec![
-                    MaybeUninit::uninit();
-                    rustix::cmsg_space!(ScmRights(max as usize), ScmCredentials(1)) + 8
-                ],
+                control: vec![0; control_words(max)],
             };
             w.run();
             let _ = rustix::fs::unlink(&path);
@@ -271,6 +267,15 @@ pub fn main() {
     env.push(("NOTIFY_SOCKET".into(), Some(path)));
     env.push(("FDSTORE".into(), Some(max.to_string().into())));
     PROG.exec(prog, &env)
+}
+
+/// The 8-byte words of control data for `max` fds and credentials:
+/// `CMSG_SPACE(4 * max) + CMSG_SPACE(sizeof(struct ucred))`, with 64-bit
+/// headers (16 bytes) and payloads padded to 8 bytes. A datagram with
+/// more fds than fit is truncated by the kernel (`MSG_CTRUNC`).
+fn control_words(max: u32) -> usize {
+    let space = |payload: usize| 16 + payload.div_ceil(8) * 8;
+    (space(4 * max as usize) + space(12)) / 8
 }
 
 /// Makes a directory only this uid can enter (mode 0700, under
@@ -360,46 +365,22 @@ impl Watcher {
     /// Receives and handles one datagram; `false` when none is queued.
     fn serve_one(&mut self) -> bool {
         let mut buf = [0u8; DGRAM_MAX];
-        let mut control = RecvAncillaryBuffer::new(&mut self.control);
-        let flags = RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
-        let got = rustix::net::recvmsg(
-            &self.sock,
-            &mut [io::IoSliceMut::new(&mut buf)],
-            &mut control,
-            flags,
-        );
-        let msg = match got {
-            Ok(m) => m,
-            Err(rustix::io::Errno::AGAIN) => return false,
-            Err(rustix::io::Errno::INTR) => return true,
-            Err(e) => PROG.die_unable(EXIT_SYS, "receive a notification", &e.into()),
+        let d = match sys::recv_datagram(self.sock.as_fd(), &mut buf, &mut self.control) {
+            Ok(Some(d)) => d,
+            Ok(None) => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => PROG.die_unable(EXIT_SYS, "receive a notification", &e),
         };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut cred = None;
-        for m in control.drain() {
-            match m {
-                RecvAncillaryMessage::ScmRights(r) => fds.extend(r),
-                RecvAncillaryMessage::ScmCredentials(c) => cred = Some(c),
-                _ => {}
-            }
-        }
-        drop(control);
-        let text = &buf[..msg.bytes.min(DGRAM_MAX)];
-        match self.check(&msg, text, fds.len(), cred) {
-            Ok(n) => self.act(n, fds),
+        let text = &buf[..d.len.min(DGRAM_MAX)];
+        match self.check(&d, text) {
+            Ok(n) => self.act(n, d.fds),
             Err(r) => self.refuse(&r),
         }
         true
     }
 
     /// Everything a datagram is refused for, in the order of the checks.
-    fn check<'a>(
-        &mut self,
-        msg: &rustix::net::RecvMsg,
-        text: &'a [u8],
-        nfds: usize,
-        cred: Option<rustix::net::UCred>,
-    ) -> Result<Notice<'a>, Refusal> {
+    fn check<'a>(&mut self, d: &sys::Datagram, text: &'a [u8]) -> Result<Notice<'a>, Refusal> {
         let now = Instant::now();
         if now.duration_since(self.second) >= Duration::from_secs(1) {
             self.say_unsaid();
@@ -409,23 +390,23 @@ impl Watcher {
         if self.served > FLOOD {
             return Err(Refusal::Flood);
         }
-        if msg.bytes > DGRAM_MAX || msg.flags.contains(ReturnFlags::TRUNC) {
+        if d.len > DGRAM_MAX || d.truncated {
             return Err(Refusal::Oversize);
         }
-        if msg.flags.contains(ReturnFlags::CTRUNC) || nfds > self.max as usize {
+        if d.control_truncated || d.fds.len() > self.max as usize {
             return Err(Refusal::Truncated);
         }
-        let cred = cred.ok_or(Refusal::NoCredentials)?;
-        if cred.uid.as_raw() != self.uid {
-            return Err(Refusal::OtherUid(cred.uid.as_raw()));
+        // A pid of 0: the sender is outside this pid namespace.
+        let (pid, uid, _) = d.cred.filter(|c| c.0 != 0).ok_or(Refusal::NoCredentials)?;
+        if uid != self.uid {
+            return Err(Refusal::OtherUid(uid));
         }
-        let pid = cred.pid.as_raw_nonzero().get();
         if !self.any && pid != self.pid {
             return Err(Refusal::OtherPid(pid));
         }
         let n = parse(text)?;
-        if nfds > 0 && !n.store {
-            return Err(Refusal::FdsWithoutStore(nfds));
+        if !d.fds.is_empty() && !n.store {
+            return Err(Refusal::FdsWithoutStore(d.fds.len()));
         }
         Ok(n)
     }
