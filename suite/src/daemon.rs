@@ -7,6 +7,9 @@
 //!   setdump progress, and the `-t` deadline.
 //! - [`run`]: the epoll loop over the listener, a signalfd and the clients,
 //!   waking only for I/O, signals, expiries and deadlines (idle CPU is 0).
+//!   Held fds marked "drop on hang-up" are in the epoll set too, with no
+//!   events: epoll reports only their POLLHUP or POLLERR, and each report
+//!   drops the fd (see [`Watch`]).
 //!
 //! Every malformed request drops only its connection; dropping a connection
 //! closes every descriptor that came with it. Nothing here panics on client
@@ -26,7 +29,7 @@ use rustix::net::SocketFlags;
 
 use crate::rules::{CdbOpenError, CdbRules, Decision, DirRules, Rules};
 use crate::sys::{self, Regex};
-use fdholder::proto::{self, Request};
+use fdholder::proto::{self, OnHangup, Request};
 use fdholder::tain::Tain;
 use fdholder::wire::{MAX_FDS, Receiver, Sender};
 
@@ -121,6 +124,34 @@ struct Held {
     /// reference shifts it, so that equal limits expire in the order they
     /// were stored and free their slots in the reference's order.
     expiry: Option<Tain>,
+    /// Whether the daemon watches it for a hang-up.
+    watch: Watch,
+}
+
+/// Whether a held fd is in the epoll set, to be dropped on hang-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Stored unmarked (a plain store, a setdump entry): never polled.
+    Unmarked,
+    /// Marked, but it cannot hang up: a listening socket, or a file epoll
+    /// refuses (EPERM: a regular file, a directory). Never polled.
+    MarkedUnpollable,
+    /// Marked and registered with no events under this token (see
+    /// [`held_token`]): POLLHUP or POLLERR drops it.
+    Polled(u64),
+}
+
+/// Tokens of held fds in the epoll set have this bit; those of
+/// connections are their index (below [`MAXCONN_LIMIT`]), those of the
+/// listener and the signalfd have bit 63.
+const HELD_TAG: u64 = 1 << 62;
+
+/// The epoll token of a held fd polled for hang-up: [`HELD_TAG`], a
+/// registration count (30 bits, wrapping) and the slot. The count tells
+/// a report for an fd already dropped, still in the batch epoll returned,
+/// from one for the fd that took its slot since.
+fn held_token(generation: u32, slot: u32) -> u64 {
+    HELD_TAG | (u64::from(generation & ((1 << 30) - 1)) << 32) | u64::from(slot)
 }
 
 /// Why the store did not take a descriptor.
@@ -130,6 +161,9 @@ enum Refusal {
     Full,
     /// The id is held already (EBUSY).
     Busy,
+    /// Marked to drop on hang-up, and epoll could not take it (its errno:
+    /// ENOMEM, ENOSPC past `max_user_watches`, ELOOP...).
+    Unwatchable(i32),
 }
 
 impl Refusal {
@@ -137,6 +171,7 @@ impl Refusal {
         match self {
             Refusal::Full => libc::ENFILE,
             Refusal::Busy => libc::EBUSY,
+            Refusal::Unwatchable(e) => e,
         }
     }
 }
@@ -154,6 +189,11 @@ pub struct Store {
     /// Finite expiry dates only; "infinite" ones never expire.
     by_limit: BTreeSet<(Tain, u32)>,
     max: usize,
+    /// The epoll set that fds marked "drop on hang-up" join (none in unit
+    /// tests: marked stores then take [`Watch::MarkedUnpollable`]).
+    epoll: Option<Rc<OwnedFd>>,
+    /// Registrations so far, for [`held_token`].
+    watches: u32,
 }
 
 impl Store {
@@ -164,6 +204,8 @@ impl Store {
             by_id: HashMap::new(),
             by_limit: BTreeSet::new(),
             max,
+            epoll: None,
+            watches: 0,
         }
     }
 
@@ -193,10 +235,23 @@ impl Store {
         self.slots.iter().flatten()
     }
 
+    /// The slot the next [`Store::fill_slot`] takes.
+    fn next_slot(&self) -> u32 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u32)
+    }
+
     /// Puts a new entry in a slot; the id index is the caller's to update.
     /// `shift`: a store (the reference shifts equal limits for a store, not
     /// for a setdump).
-    fn fill_slot(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain, shift: bool) -> u32 {
+    fn fill_slot(
+        &mut self,
+        id: &[u8],
+        fd: OwnedFd,
+        limit: Tain,
+        now: Tain,
+        shift: bool,
+        watch: Watch,
+    ) -> u32 {
         let mut expiry = limit.is_finite_from(now).then_some(limit);
         if let (Some(t), true) = (expiry.as_mut(), shift) {
             while self
@@ -219,6 +274,7 @@ impl Store {
             fd: Rc::new(fd),
             limit,
             expiry,
+            watch,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -244,20 +300,85 @@ impl Store {
         if let Some(t) = held.expiry {
             self.by_limit.remove(&(t, slot));
         }
+        if let (Watch::Polled(_), Some(ep)) = (held.watch, &self.epoll) {
+            // Explicitly, before the fd may be closed: a copy of it held
+            // elsewhere (a client that retrieved it) would keep the
+            // registration alive, reporting for a slot no longer its own.
+            let _ = epoll::delete(ep, &held.fd);
+        }
         self.free.push(slot);
         held
     }
 
+    /// Registers a marked fd that is to take `slot`, with no events
+    /// (epoll reports POLLHUP and POLLERR whatever the mask, so readable
+    /// data costs nothing). A listening socket is never polled (it cannot
+    /// hang up), nor a file epoll refuses (EPERM: regular files,
+    /// directories).
+    fn watch(&mut self, fd: BorrowedFd<'_>, slot: u32) -> Result<Watch, Refusal> {
+        let Some(ep) = &self.epoll else {
+            return Ok(Watch::MarkedUnpollable);
+        };
+        if rustix::net::sockopt::socket_acceptconn(fd) == Ok(true) {
+            return Ok(Watch::MarkedUnpollable);
+        }
+        let token = held_token(self.watches, slot);
+        match epoll::add(
+            ep,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::empty(),
+        ) {
+            Ok(()) => {
+                self.watches = self.watches.wrapping_add(1);
+                Ok(Watch::Polled(token))
+            }
+            Err(rustix::io::Errno::PERM) => Ok(Watch::MarkedUnpollable),
+            Err(e) => Err(Refusal::Unwatchable(e.raw_os_error())),
+        }
+    }
+
+    /// Epoll reported `token` (a hang-up or an error): drops the fd it
+    /// names, if it is still held there. Returns its id.
+    fn hung_up(&mut self, token: u64) -> Option<Box<[u8]>> {
+        let slot = token as u32;
+        let held = self.slots.get(slot as usize)?.as_ref()?;
+        if held.watch != Watch::Polled(token) {
+            return None; // dropped already, in this batch
+        }
+        let held = self.free_slot(slot);
+        self.by_id.remove(&held.id);
+        Some(held.id)
+    }
+
     /// Holds `fd` under `id` (store): refused when the store is full or
     /// the id is held, as the reference checks, in that order.
+    #[cfg(test)]
     fn insert(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) -> Result<(), Refusal> {
+        self.insert_marked(id, fd, limit, now, OnHangup::Keep)
+    }
+
+    /// [`Store::insert`], with the store's mark: a fd to drop on hang-up
+    /// is watched (and refused if epoll cannot take it).
+    fn insert_marked(
+        &mut self,
+        id: &[u8],
+        fd: OwnedFd,
+        limit: Tain,
+        now: Tain,
+        on_hangup: OnHangup,
+    ) -> Result<(), Refusal> {
         if !self.has_room_for(1) {
             return Err(Refusal::Full);
         }
         if self.by_id.contains_key(id) {
             return Err(Refusal::Busy);
         }
-        let slot = self.fill_slot(id, fd, limit, now, true);
+        let watch = match on_hangup {
+            OnHangup::Keep => Watch::Unmarked,
+            OnHangup::Drop => self.watch(fd.as_fd(), self.next_slot())?,
+        };
+        let slot = self.fill_slot(id, fd, limit, now, true, watch);
         self.by_id.insert(id.into(), slot);
         Ok(())
     }
@@ -267,7 +388,7 @@ impl Store {
     /// reference. The caller has checked [`Store::has_room_for`] for the
     /// whole chunk.
     fn replace(&mut self, id: &[u8], fd: OwnedFd, limit: Tain, now: Tain) {
-        let slot = self.fill_slot(id, fd, limit, now, false);
+        let slot = self.fill_slot(id, fd, limit, now, false, Watch::Unmarked);
         if let Some(old) = self.by_id.insert(id.into(), slot) {
             self.free_slot(old);
         }
@@ -346,7 +467,8 @@ struct Daemon<'a> {
     cfg: Config,
     log: Log,
     listener: BorrowedFd<'a>,
-    epoll: OwnedFd,
+    /// Shared with the store, which registers the fds it watches.
+    epoll: Rc<OwnedFd>,
     signals: OwnedFd,
     rules: Rules,
     regex_cache: HashMap<Vec<u8>, Rc<Regex>>,
@@ -411,7 +533,7 @@ pub fn run(
     let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP])?;
     let fl = rustix::fs::fcntl_getfl(listener)?;
     rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    let ep = Rc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
     epoll::add(
         &ep,
         listener,
@@ -427,8 +549,10 @@ pub fn run(
     let log = Log {
         verbosity: cfg.verbosity,
     };
+    let mut store = Store::new(cfg.maxfds as usize);
+    store.epoll = Some(ep.clone());
     let mut d = Daemon {
-        store: Store::new(cfg.maxfds as usize),
+        store,
         conns: Vec::new(),
         nconns: 0,
         cfg,
@@ -491,6 +615,7 @@ impl Daemon<'_> {
                 match ev.data.u64() {
                     TOKEN_SIGNALS => self.handle_signals()?,
                     TOKEN_LISTENER => self.accept_clients(),
+                    t if t & HELD_TAG != 0 => self.held_hung_up(t),
                     t => self.handle_conn(t as usize, ev.flags),
                 }
             }
@@ -533,6 +658,17 @@ impl Daemon<'_> {
                 tv_nsec: d.subsec_nanos() as i64,
             }
         })
+    }
+
+    /// A held fd marked "drop on hang-up" reported POLLHUP or POLLERR
+    /// (epoll reports nothing else for it): closes and forgets it.
+    fn held_hung_up(&mut self, token: u64) {
+        if let Some(id) = self.store.hung_up(token) {
+            self.log.info(format_args!(
+                "dropped id {}: it hung up",
+                String::from_utf8_lossy(&id)
+            ));
+        }
     }
 
     fn handle_signals(&mut self) -> io::Result<()> {
@@ -950,13 +1086,8 @@ fn handle_request(
         Request::Store {
             limit,
             id,
-            on_hangup: proto::OnHangup::Keep,
-        } => do_store(st, store, cfg, limit, id, fds)?,
-        // Not served yet: refused as the reference refuses it.
-        Request::Store {
-            on_hangup: proto::OnHangup::Drop,
-            ..
-        } => return Err(ProtocolError),
+            on_hangup,
+        } => do_store(st, store, cfg, limit, id, on_hangup, fds)?,
         Request::Delete { id } => do_delete(st, store, cfg, id),
         Request::Retrieve { id, delete } => do_retrieve(st, store, cfg, id, delete),
         Request::List => do_list(st, store, cfg),
@@ -967,20 +1098,23 @@ fn handle_request(
     Ok(())
 }
 
-/// Store: hold the one fd that came with the request under `id`.
+/// Store: hold the one fd that came with the request under `id`, marked
+/// to drop on hang-up for request `H` (the same rights and answers).
+#[allow(clippy::too_many_arguments)]
 fn do_store(
     st: &mut ConnState,
     store: &mut Store,
     cfg: &Config,
     limit: Tain,
     id: &CStr,
+    on_hangup: OnHangup,
     mut fds: Vec<OwnedFd>,
 ) -> Result<(), ProtocolError> {
     let errno = if !matches(&st.rights.store, id) {
         libc::EPERM
     } else {
         let fd = fds.pop().ok_or(ProtocolError)?;
-        match store.insert(id.to_bytes(), fd, limit, Tain::now()) {
+        match store.insert_marked(id.to_bytes(), fd, limit, Tain::now(), on_hangup) {
             Ok(()) => 0,
             Err(refusal) => refusal.errno(),
         }

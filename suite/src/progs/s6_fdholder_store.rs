@@ -8,15 +8,16 @@ use fdholder::Tain;
 
 const PROG: Prog = Prog {
     name: "s6-fdholder-store",
-    usage: "s6-fdholder-store [ -d fd ] [ -t timeout ] [ -T fdtimeout ] socket id",
+    usage: "s6-fdholder-store [ -H ] [ -d fd ] [ -t timeout ] [ -T fdtimeout ] socket id",
 };
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
-    let (opts, args) = PROG.getopt("d:t:T:");
-    let (mut fd, mut deadline, mut fdtimeout) = (0, None, 0);
+    let (opts, args) = PROG.getopt("Hd:t:T:");
+    let (mut fd, mut deadline, mut fdtimeout, mut hangup) = (0, None, 0, false);
     for (c, v) in opts {
         match c {
+            'H' => hangup = true,
             'd' => fd = PROG.uint(&v),
             't' => deadline = PROG.timeout(&v),
             'T' => fdtimeout = PROG.uint(&v),
@@ -28,9 +29,19 @@ pub fn main() {
     };
     let limit = (fdtimeout != 0).then(|| Tain::now() + Duration::from_millis(fdtimeout.into()));
     let mut client = PROG.connect("", socket, deadline);
-    let r = crate::sys::borrow_fd_number(fd)
-        .and_then(|fd| client.store(fd, id.as_encoded_bytes(), limit, deadline));
-    if let Err(e) = r {
-        PROG.die_unable(EXIT_REFUSED, "store fd", &e);
+    let id = id.as_encoded_bytes();
+    let r = crate::sys::borrow_fd_number(fd).and_then(|fd| match hangup {
+        false => client.store(fd, id, limit, deadline),
+        true => client.store_dropping_on_hangup(fd, id, limit, deadline),
+    });
+    match r {
+        Ok(()) => {}
+        // A refusal, as the daemon's others (exit 1, as s6 exits for any
+        // failed store): the daemon closed the connection on the request.
+        Err(e) if hangup && e.raw_os_error() == Some(libc::EOPNOTSUPP) => PROG.die(
+            EXIT_REFUSED,
+            "unable to store fd: the daemon does not support dropping on hang-up",
+        ),
+        Err(e) => PROG.die_unable(EXIT_REFUSED, "store fd", &e),
     }
 }
