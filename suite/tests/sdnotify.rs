@@ -813,3 +813,49 @@ fn sd_notify_and_listenfd_service() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// `FDPOLL` (systemd's default: poll): a pipe stored without `FDPOLL=0`
+/// is dropped by our daemon once its writer is gone (the driver closes
+/// both ends after the statement); one stored with `FDPOLL=0` stays.
+#[test]
+fn fdpoll_default_drops_on_hangup_and_fdpoll_0_keeps() {
+    if !have_python_systemd() {
+        return;
+    }
+    let d = Daemon::start(Impl::Ours);
+    let mut s = Svc::start(&d, &[], "");
+    s.exec(
+        "a = pipe(); b = pipe(); \
+         daemon.notify('FDSTORE=1\\nFDNAME=polled', fds=[a[0]]); \
+         daemon.notify('FDSTORE=1\\nFDNAME=kept\\nFDPOLL=0', fds=[b[0]])",
+    );
+    s.sync();
+    wait_for(
+        || held(&d) == ["svc/kept:00000000"],
+        || format!("{:?}", held(&d)),
+    );
+    let err = s.stop();
+    assert!(!err.contains("hang-up"), "{err}");
+}
+
+/// Against the reference daemon, which does not know the mark: the fds
+/// are stored unmarked, and that is said once.
+#[test]
+fn reference_daemon_stores_unmarked_said_once() {
+    if !have_python_systemd() || !common::have_reference() {
+        return;
+    }
+    let d = Daemon::start(Impl::Reference);
+    let mut s = Svc::start(&d, &[], "");
+    s.exec("r, w = pipe(); daemon.notify('FDSTORE=1\\nFDNAME=a', fds=[r])");
+    s.exec("r, w = pipe(); daemon.notify('FDSTORE=1\\nFDNAME=b', fds=[w])");
+    s.sync();
+    assert_eq!(held(&d), ["svc/a:00000000", "svc/b:00000000"]);
+    let err = s.stop();
+    assert_eq!(
+        err.matches("warning: the fd-holder daemon cannot drop fds on hang-up")
+            .count(),
+        1,
+        "{err}"
+    );
+}
