@@ -98,13 +98,18 @@ impl Svc {
 
     /// [`Svc::start`] with sdnotify run by `wrap` (e.g. `unshare`).
     fn start_in(d: &Daemon, opts: &[&str], shell: &str, wrap: &[&str]) -> Svc {
+        Svc::start_on(&d.sock, opts, shell, wrap)
+    }
+
+    /// [`Svc::start_in`] with the holder's path given.
+    fn start_on(holder: &Path, opts: &[&str], shell: &str, wrap: &[&str]) -> Svc {
         let tmp = TempDir::new("sdnotify");
         let mut child = Command::new("sh")
             .args(["-c", &format!("{shell}\nexec \"$@\""), "sh"])
             .args(wrap)
             .arg(sdnotify())
             .args(opts)
-            .arg(&d.sock)
+            .arg(holder)
             .args(["svc/", PYTHON, "-c", DRIVER])
             .current_dir(tmp.path())
             .stdin(Stdio::piped())
@@ -711,8 +716,8 @@ fn python_service_gets_listener_and_pipe_back_by_name() {
 /// The scenario's service, in Rust: `sd-notify` stores, `listenfd` takes
 /// the listener back, `sd-notify`'s `listen_fds_with_names` names them.
 /// Run as `sdnotify ... THIS_BINARY sd_notify_child --exact --ignored
-/// --test-threads=1 --nocapture -- PATH`... but libtest takes no free
-/// argument after the filter, so the path comes in `SVC_PATH`.
+/// --test-threads=1`, the listener's path in `SVC_PATH`; without it, does
+/// nothing.
 #[test]
 #[ignore = "the Rust service of sd_notify_and_listenfd_service; does nothing on its own"]
 fn sd_notify_child() {
@@ -858,4 +863,47 @@ fn reference_daemon_stores_unmarked_said_once() {
         1,
         "{err}"
     );
+}
+
+/// The holder goes away and another starts at the same path (a symbolic
+/// link the test moves): the watcher, which connects per datagram, warns
+/// and closes the fds of a datagram sent meanwhile, then stores in the new
+/// holder, numbering after what that one holds.
+#[test]
+fn holder_restart_between_datagrams() {
+    if !have_python_systemd() {
+        return;
+    }
+    let tmp = TempDir::new("sdnotify-restart");
+    let link = tmp.join("holder");
+    let d1 = Daemon::start(Impl::Ours);
+    std::os::unix::fs::symlink(&d1.sock, &link).unwrap();
+    let mut s = Svc::start_on(&link, &[], "", &[]);
+    let wfds = s.watcher_fds();
+    let store = "r, w = pipe(); daemon.notify('FDSTORE=1\\nFDNAME=n\\nFDPOLL=0', fds=[r])";
+    s.exec(store);
+    s.sync();
+    assert_eq!(held(&d1), ["svc/n:00000000"]);
+    drop(d1);
+    s.exec(store);
+    s.sync();
+    assert!(
+        s.stderr()
+            .contains("warning: unable to store or delete fds in the fd-holder daemon"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(s.watcher_fds(), wfds);
+    let d2 = Daemon::start(Impl::Ours);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    d2.client()
+        .store(null.as_fd(), b"svc/n:00000007", None, None)
+        .unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&d2.sock, &link).unwrap();
+    s.exec(store);
+    s.sync();
+    assert_eq!(held(&d2), ["svc/n:00000007", "svc/n:00000008"]);
+    assert_eq!(s.watcher_fds(), wfds);
+    s.stop();
 }

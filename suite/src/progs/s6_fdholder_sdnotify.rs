@@ -460,7 +460,7 @@ impl Watcher {
         }
         if let Err(e) = self.hold(&base, n.remove, n.poll, fds) {
             PROG.warn(format_args!(
-                "unable to talk to the fd-holder daemon at {}: {}",
+                "unable to store or delete fds in the fd-holder daemon at {} (the fds not stored are closed): {}",
                 self.holder.to_string_lossy(),
                 strerror(&e)
             ));
