@@ -907,3 +907,84 @@ fn holder_restart_between_datagrams() {
     assert_eq!(s.watcher_fds(), wfds);
     s.stop();
 }
+
+fn outcome(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let o = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+const USAGE: &str = "s6-fdholder-sdnotify: usage: s6-fdholder-sdnotify [ -t timeout ] [ -d notif ] [ -a ] [ -n max ] path prefix prog...\n";
+
+/// Usage errors exit 100 with the usage line; a notification fd that is
+/// not open is fatal (111) before anything runs; a daemon that is not
+/// there is sdlisten's fatal error (111).
+#[test]
+fn usage_and_errors() {
+    let d = Daemon::start(Impl::Ours);
+    for args in [
+        &[][..],
+        &["sock"],
+        &["sock", "svc/"],
+        &["-n", "254", "sock", "svc/", "true"],
+        &["-x", "sock", "svc/", "true"],
+    ] {
+        let (code, out, err) = outcome(Command::new(sdnotify()).args(args));
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (Some(100), "", USAGE),
+            "{args:?}"
+        );
+    }
+    let (code, _, err) = outcome(
+        Command::new(sdnotify())
+            .args(["-d", "99"])
+            .arg(&d.sock)
+            .args(["svc/", "true"]),
+    );
+    assert_eq!(code, Some(111));
+    assert_eq!(
+        err,
+        "s6-fdholder-sdnotify: fatal: unable to use notification fd: Bad file descriptor\n"
+    );
+    let tmp = TempDir::new("sdnotify-none");
+    let (code, _, err) = outcome(
+        Command::new(sdnotify())
+            .arg(tmp.join("nothing"))
+            .args(["svc/", "true"]),
+    );
+    assert_eq!(code, Some(111));
+    assert!(
+        err.starts_with("s6-fdholder-sdnotify: fatal: unable to connect to a fd-holder daemon at "),
+        "{err}"
+    );
+}
+
+/// What the program gets: what sdnotify was given (whatever the test
+/// harness lets through, measured by running the same lister without
+/// sdnotify), less the notification fd, and nothing of sdnotify's own (not
+/// the notify socket, the pidfd, the daemon connection).
+#[test]
+fn the_program_gets_no_descriptor_of_ours() {
+    let d = Daemon::start(Impl::Ours);
+    let lister = "for f in /proc/$$/fd/*; do echo ${f##*/}; done";
+    let run = |with: bool| {
+        let mut c = Command::new("sh");
+        c.args(["-c", "exec 5>/dev/null; exec \"$@\"", "sh"]);
+        if with {
+            c.arg(sdnotify()).args(["-d", "5"]).arg(&d.sock).arg("svc/");
+        }
+        c.args(["sh", "-c", lister]);
+        let (code, out, err) = outcome(&mut c);
+        assert_eq!(code, Some(0), "{err}");
+        out
+    };
+    let given = run(false);
+    assert!(given.lines().any(|l| l == "5"), "{given}");
+    let expected: Vec<&str> = given.lines().filter(|l| *l != "5").collect();
+    let got = run(true);
+    assert_eq!(got.lines().collect::<Vec<_>>(), expected);
+}
