@@ -229,8 +229,9 @@ impl Client {
     /// As [`Client::store`], and `EOPNOTSUPP`: the daemon does not support
     /// marked stores; the connection is no longer usable, connect again
     /// (and, e.g., store unmarked). The reference daemon closes the
-    /// connection on a request it does not know; a daemon that exits in
-    /// the middle of the request looks the same from here.
+    /// connection on a request it does not know; a daemon that closes it
+    /// for another reason at that moment (it exits, its `-t` passed) looks
+    /// the same from here.
     pub fn store_dropping_on_hangup(
         &mut self,
         fd: BorrowedFd<'_>,

@@ -1100,7 +1100,6 @@ fn handle_request(
 
 /// Store: hold the one fd that came with the request under `id`, marked
 /// to drop on hang-up for request `H` (the same rights and answers).
-#[allow(clippy::too_many_arguments)]
 fn do_store(
     st: &mut ConnState,
     store: &mut Store,
@@ -1256,6 +1255,77 @@ mod tests {
         assert!(s.remove(b"a").is_some());
         assert_eq!(s.next_expiry(), None);
         assert!(s.remove(b"a").is_none());
+    }
+
+    #[test]
+    fn marked_entries_are_watched_and_a_stale_report_drops_nothing() {
+        let now = Tain::now();
+        let inf = Tain::infinite_from(now);
+        let ep = Rc::new(epoll::create(epoll::CreateFlags::CLOEXEC).unwrap());
+        let mut s = Store::new(10);
+        s.epoll = Some(ep.clone());
+        let pair = || {
+            rustix::net::socketpair(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap()
+        };
+        let watch_of = |s: &Store, id: &[u8]| s.slots[s.by_id[id] as usize].as_ref().unwrap().watch;
+        let (a, _peer_a) = pair();
+        s.insert_marked(b"a", a, inf, now, OnHangup::Drop).unwrap();
+        let Watch::Polled(old) = watch_of(&s, b"a") else {
+            panic!("not polled");
+        };
+        // Deleted, then another marked fd takes its slot: a report for
+        // the old registration (still in a batch) drops nothing.
+        s.remove(b"a");
+        let (b, peer_b) = pair();
+        s.insert_marked(b"b", b, inf, now, OnHangup::Drop).unwrap();
+        let Watch::Polled(new) = watch_of(&s, b"b") else {
+            panic!("not polled");
+        };
+        assert_eq!(old as u32, new as u32, "the same slot");
+        assert_ne!(old, new);
+        assert_eq!(s.hung_up(old), None);
+        assert_eq!(s.len(), 1);
+        // Unmarked, a listening socket, a regular file: not watched.
+        let (c, _peer_c) = pair();
+        s.insert_marked(b"c", c, inf, now, OnHangup::Keep).unwrap();
+        assert_eq!(watch_of(&s, b"c"), Watch::Unmarked);
+        let l = std::os::unix::net::UnixListener::bind(
+            std::env::temp_dir().join(format!("fdholder-unit-{}", std::process::id())),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(l.local_addr().unwrap().as_pathname().unwrap());
+        s.insert_marked(b"l", l.into(), inf, now, OnHangup::Drop)
+            .unwrap();
+        assert_eq!(watch_of(&s, b"l"), Watch::MarkedUnpollable);
+        let f: OwnedFd = std::fs::File::open(std::env::current_exe().unwrap())
+            .unwrap()
+            .into();
+        s.insert_marked(b"f", f, inf, now, OnHangup::Drop).unwrap();
+        assert_eq!(watch_of(&s, b"f"), Watch::MarkedUnpollable);
+        // b's peer goes: epoll reports b's token alone, and it is dropped.
+        drop(peer_b);
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(8);
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        epoll::wait(
+            &ep,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&zero),
+        )
+        .unwrap();
+        let tokens: Vec<u64> = events.iter().map(|e| e.data.u64()).collect();
+        assert_eq!(tokens, [new]);
+        assert_eq!(s.hung_up(new).as_deref(), Some(&b"b"[..]));
+        assert_eq!(s.hung_up(new), None);
+        assert_eq!(ids(&s).len(), 3);
     }
 
     fn ids(s: &Store) -> Vec<&[u8]> {

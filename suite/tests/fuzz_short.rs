@@ -54,7 +54,13 @@ fn tain(r: &mut Rng) -> Tain {
 /// A well-formed request and its fd count.
 fn valid_request(r: &mut Rng) -> (Vec<u8>, usize) {
     match r.below(7) {
-        0 => (proto::store(&id(r), tain(r)), 1),
+        0 => {
+            let mark = match r.below(2) {
+                0 => proto::OnHangup::Keep,
+                _ => proto::OnHangup::Drop,
+            };
+            (proto::store_marked(&id(r), tain(r), mark), 1)
+        }
         1 => (proto::delete(&id(r)), 0),
         2 => (proto::retrieve(&id(r), r.below(2) == 1), 0),
         3 => (b"L".to_vec(), 0),

@@ -28,6 +28,13 @@ fn errno(e: &std::io::Error) -> Option<i32> {
     e.raw_os_error()
 }
 
+/// A pipe (read end, write end), close-on-exec: a daemon another test
+/// starts meanwhile must not inherit an end and keep it open.
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    (r.into(), w.into())
+}
+
 #[test]
 fn reference_daemon_refuses_a_marked_store_with_eopnotsupp() {
     if !have_reference() {
@@ -132,7 +139,7 @@ fn wait_gone(c: &mut fdholder::Client, id: &[u8]) {
 /// reports ready fds in the order they became ready, and a drop is done in
 /// the loop iteration that sees it).
 fn sync_with_a_sentinel(c: &mut fdholder::Client) {
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = pipe();
     c.store_dropping_on_hangup(r.as_fd(), b"sentinel", None, deadline())
         .unwrap();
     drop((r, w));
@@ -147,7 +154,7 @@ fn v(ids: &[&[u8]]) -> Vec<Vec<u8>> {
 
 #[test]
 fn marked_socket_and_pipe_are_dropped_when_their_peer_closes() {
-    let d = Daemon::start(Impl::Ours);
+    let d = Daemon::with_args(Impl::Ours, &["-v2"]);
     let mut c = d.client();
     // Once a request has been answered, the connection is accepted.
     assert!(ids(&mut c).is_empty());
@@ -169,7 +176,7 @@ fn marked_socket_and_pipe_are_dropped_when_their_peer_closes() {
     assert_eq!(watched(&d), 0);
 
     // A pipe's read end whose writer closes (POLLHUP).
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = pipe();
     c.store_dropping_on_hangup(r.as_fd(), b"pipe-r", None, deadline())
         .unwrap();
     drop(r);
@@ -179,7 +186,7 @@ fn marked_socket_and_pipe_are_dropped_when_their_peer_closes() {
     assert_eq!(d.wait_fds(base_fds), base_fds);
 
     // A pipe's write end whose reader closes (POLLERR).
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = pipe();
     c.store_dropping_on_hangup(w.as_fd(), b"pipe-w", None, deadline())
         .unwrap();
     drop(w);
@@ -188,6 +195,11 @@ fn marked_socket_and_pipe_are_dropped_when_their_peer_closes() {
     wait_gone(&mut c, b"pipe-w");
     assert_eq!(d.wait_fds(base_fds), base_fds);
     assert_eq!(watched(&d), 0);
+    let log = d.stderr();
+    for id in ["sock", "pipe-r", "pipe-w"] {
+        let line = format!("s6-fdholderd: info: dropped id {id}: it hung up\n");
+        assert!(log.contains(&line), "{line:?} not in {log}");
+    }
 }
 
 #[test]
@@ -195,7 +207,7 @@ fn unmarked_or_alive_fds_are_kept() {
     let d = Daemon::start(Impl::Ours);
     let mut c = d.client();
     // Marked, alive, with unread data: kept.
-    let (r_alive, mut w_alive) = std::io::pipe().unwrap();
+    let (r_alive, mut w_alive) = pipe();
     w_alive.write_all(b"unread").unwrap();
     c.store_dropping_on_hangup(r_alive.as_fd(), b"marked-pipe-alive", None, deadline())
         .unwrap();
@@ -207,10 +219,10 @@ fn unmarked_or_alive_fds_are_kept() {
     let (a, b) = UnixStream::pair().unwrap();
     c.store(a.as_fd(), b"plain-sock-hung-up", None, deadline())
         .unwrap();
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let (r, w) = pipe();
     c.store(r.as_fd(), b"plain-pipe-hung-up", None, deadline())
         .unwrap();
-    let (r2, mut w2) = std::io::pipe().unwrap();
+    let (r2, mut w2) = pipe();
     w2.write_all(b"unread").unwrap();
     c.store(r2.as_fd(), b"plain-pipe-alive", None, deadline())
         .unwrap();
@@ -426,7 +438,7 @@ fn idle_with_a_hundred_readable_marked_fds_the_daemon_does_not_run() {
 fn store_program_marks_with_dash_h() {
     let d = Daemon::start(Impl::Ours);
     let mut c = d.client();
-    let (r, w) = std::io::pipe().unwrap();
+    let (r, w) = pipe();
     let o = run_cmd(
         Command::new(prog(Impl::Ours, "s6-fdholder-store"))
             .args(["-H", "-d", "0"])
@@ -435,7 +447,7 @@ fn store_program_marks_with_dash_h() {
             .stdin(Stdio::from(r)),
     );
     assert_eq!((o.code, o.stderr.as_str()), (0, ""));
-    let (r2, w2) = std::io::pipe().unwrap();
+    let (r2, w2) = pipe();
     let o = run_cmd(
         Command::new(prog(Impl::Ours, "s6-fdholder-store"))
             .arg(&d.sock)
@@ -456,7 +468,7 @@ fn store_program_with_dash_h_against_the_reference_daemon() {
         return;
     }
     let d = Daemon::start(Impl::Reference);
-    let (r, _w) = std::io::pipe().unwrap();
+    let (r, _w) = pipe();
     let o = run_cmd(
         Command::new(prog(Impl::Ours, "s6-fdholder-store"))
             .arg("-H")
@@ -493,7 +505,7 @@ fn reference_store_program_against_our_daemon_is_unchanged() {
     }
     let d = Daemon::start(Impl::Ours);
     let mut c = d.client();
-    let (r, w) = std::io::pipe().unwrap();
+    let (r, w) = pipe();
     let o = run_cmd(
         Command::new(prog(Impl::Reference, "s6-fdholder-store"))
             .arg(&d.sock)
@@ -520,9 +532,10 @@ fn unconnected_stream_socket_and_udp_error_hang_up_at_once() {
     let d = Daemon::start(Impl::Ours);
     let mut c = d.client();
     // Neither connected nor listening: POLLHUP from the start.
-    let s = rustix::net::socket(
+    let s = rustix::net::socket_with(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
         None,
     )
     .unwrap();

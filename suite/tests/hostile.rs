@@ -12,7 +12,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Impl, Opts, file_with, identity};
-use fdholder::proto::{self, OP_DELETE, OP_LIST, OP_RETRIEVE, OP_SETDUMP_CHUNK, OP_STORE};
+use fdholder::proto::{
+    self, OP_DELETE, OP_LIST, OP_RETRIEVE, OP_SETDUMP_CHUNK, OP_STORE, OP_STORE_DROPPING_ON_HANGUP,
+};
 use fdholder::{Client, Tain};
 use raw::{Raw, Reply, header_raw, msg};
 
@@ -188,6 +190,12 @@ fn inf() -> Tain {
 fn valid(op: u8) -> (Vec<u8>, usize, Option<usize>) {
     match op {
         OP_STORE => (proto::store(b"hostile", inf()), 1, Some(13)),
+        // Ours only; the reference drops every one (an unknown opcode).
+        OP_STORE_DROPPING_ON_HANGUP => (
+            proto::store_marked(b"hostile", inf(), proto::OnHangup::Drop),
+            1,
+            Some(13),
+        ),
         OP_DELETE => (proto::delete(b"hostile"), 0, Some(1)),
         OP_RETRIEVE => (proto::retrieve(b"hostile", false), 0, Some(2)),
         OP_LIST => (b"L".to_vec(), 0, None),
@@ -289,6 +297,7 @@ macro_rules! per_opcode {
 
 per_opcode! {
     store => OP_STORE,
+    store_dropping_on_hangup => OP_STORE_DROPPING_ON_HANGUP,
     delete => OP_DELETE,
     retrieve => OP_RETRIEVE,
     list => OP_LIST,
@@ -306,6 +315,7 @@ macro_rules! per_id_opcode {
 
 per_id_opcode! {
     store => OP_STORE,
+    store_dropping_on_hangup => OP_STORE_DROPPING_ON_HANGUP,
     delete => OP_DELETE,
     retrieve => OP_RETRIEVE,
     setdump_chunk => OP_SETDUMP_CHUNK,
@@ -388,6 +398,13 @@ fn store_with_no_fd() {
 #[test]
 fn store_with_two_fds() {
     run_case(vec![step(msg(&valid(OP_STORE).0, 2), 2, Want::Dropped)]);
+}
+
+#[test]
+fn marked_store_with_no_fd_or_two() {
+    let p = valid(OP_STORE_DROPPING_ON_HANGUP).0;
+    run_case(vec![step(msg(&p, 0), 0, Want::Dropped)]);
+    run_case(vec![step(msg(&p, 2), 2, Want::Dropped)]);
 }
 
 #[test]
