@@ -370,6 +370,11 @@ fn no_credentials() {
     drop(s.stdin.take());
     let code = wait_timeout(&mut s.child, Duration::from_secs(20));
     assert_eq!(code, Some(0), "{}", s.stderr());
+    // The program was pid 1 of its namespace: its exit killed the watcher
+    // (SIGKILL from the kernel), which could not remove its directory.
+    let dir = Path::new(&s.notify).parent().unwrap().to_path_buf();
+    let _ = std::fs::remove_file(&s.notify);
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// A process of another uid (the driver's child, connected as root, then
