@@ -993,3 +993,39 @@ fn the_program_gets_no_descriptor_of_ours() {
     let got = run(true);
     assert_eq!(got.lines().collect::<Vec<_>>(), expected);
 }
+
+/// `-n 2`: `FDSTORE=2` is exported; a third fd under the prefix is closed
+/// with a warning, as systemd closes fds beyond `FileDescriptorStoreMax=`;
+/// after `FDSTOREREMOVE=1` there is room again.
+#[test]
+fn store_limit() {
+    if !have_python_systemd() {
+        return;
+    }
+    let d = Daemon::start(Impl::Ours);
+    let dfds = d.open_fds();
+    let mut s = Svc::start(&d, &["-n", "2"], "");
+    assert_eq!(s.fdstore, "2");
+    let wfds = s.watcher_fds();
+    s.exec(
+        "a = pipe(); b = pipe(); \
+         daemon.notify('FDSTORE=1\\nFDNAME=x\\nFDPOLL=0', fds=[a[0], b[0]]); \
+         daemon.notify('FDSTORE=1\\nFDNAME=y\\nFDPOLL=0', fds=[a[1]])",
+    );
+    s.sync();
+    assert_eq!(held(&d), ["svc/x:00000000", "svc/x:00000001"]);
+    assert!(
+        s.stderr()
+            .contains("warning: fd store full (2 fds under the prefix): 1 fds closed"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(s.watcher_fds(), wfds);
+    s.exec("daemon.notify('FDSTOREREMOVE=1\\nFDNAME=x')");
+    s.exec("r, w = pipe(); daemon.notify('FDSTORE=1\\nFDNAME=y\\nFDPOLL=0', fds=[r])");
+    s.sync();
+    assert_eq!(held(&d), ["svc/y:00000000"]);
+    s.stop();
+    d.client().delete(b"svc/y:00000000", None).unwrap();
+    assert_eq!(d.wait_fds(dfds), dfds);
+}
