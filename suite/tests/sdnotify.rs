@@ -1029,3 +1029,56 @@ fn store_limit() {
     d.client().delete(b"svc/y:00000000", None).unwrap();
     assert_eq!(d.wait_fds(dfds), dfds);
 }
+
+/// The watcher's fork fails (root: run as an unused uid with
+/// `RLIMIT_NPROC` 2, so that sdnotify may fork once but its child may
+/// not): sdnotify dies 111 rather than exec the program with nobody
+/// serving its socket.
+#[test]
+fn a_failed_watcher_fork_is_fatal() {
+    if !is_root("a_failed_watcher_fork_is_fatal") {
+        return;
+    }
+    let d = Daemon::start(Impl::Ours);
+    let env: Vec<(&str, Option<&str>)> = common::ALL_RIGHTS
+        .iter()
+        .map(|(k, v)| (*k, Some(*v)))
+        .collect();
+    common::allow(&d.dir.join("rules"), "uid/54321", &env);
+    let (code, out, err) = outcome(
+        Command::new("prlimit")
+            .arg("--nproc=2:2")
+            .args([
+                "setpriv",
+                "--reuid=54321",
+                "--regid=54321",
+                "--clear-groups",
+            ])
+            .arg(sdnotify())
+            .arg(&d.sock)
+            .args(["svc/", "echo", "exec'd"])
+            .env_remove("XDG_RUNTIME_DIR"),
+    );
+    assert_eq!(out, "", "{err}");
+    assert_eq!(code, Some(111), "{err}");
+    assert!(
+        err.ends_with("s6-fdholder-sdnotify: fatal: unable to fork the watcher\n"),
+        "{err}"
+    );
+    // Its socket and directory are gone (under /tmp: /run is root's).
+    let pid = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("s6-fdholder-sdnotify."))
+        .collect::<Vec<_>>();
+    assert!(
+        pid.iter().all(|n| {
+            std::fs::metadata(format!("/tmp/{n}")).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid() != 54321
+            })
+        }),
+        "{pid:?}"
+    );
+}

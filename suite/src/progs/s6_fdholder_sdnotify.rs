@@ -215,13 +215,23 @@ pub fn main() {
         .iter()
         .filter_map(|(id, fd)| Some((id.clone(), identity(fd.as_fd())?)))
         .collect();
-    let (sock, dir, path) = notify_socket().unwrap_or_else(|e| {
-        PROG.die_unable(EXIT_SYS, "create a notify socket", &e);
-    });
     let me = rustix::process::getpid();
     let pidfd = rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty())
         .unwrap_or_else(|e| PROG.die_unable(EXIT_SYS, "pidfd_open", &e.into()));
-    let fork = || sys::fork().unwrap_or_else(|e| PROG.die_unable(EXIT_SYS, "fork", &e));
+    let (sock, dir, path) = notify_socket().unwrap_or_else(|e| {
+        PROG.die_unable(EXIT_SYS, "create a notify socket", &e);
+    });
+    // From here until the watcher runs, a failure removes the socket.
+    let remove = || {
+        let _ = rustix::fs::unlink(&path);
+        let _ = rustix::fs::rmdir(&dir);
+    };
+    let fork = || {
+        sys::fork().unwrap_or_else(|e| {
+            remove();
+            PROG.die_unable(EXIT_SYS, "fork", &e)
+        })
+    };
     match fork() {
         Forked::Child => {
             // The middle process: forks the watcher and exits, so that the
@@ -250,12 +260,17 @@ pub fn main() {
                 control: vec![0; control_words(max)],
             };
             w.run();
-            let _ = rustix::fs::unlink(&path);
-            let _ = rustix::fs::rmdir(&dir);
+            remove();
             std::process::exit(0)
         }
         Forked::Parent(child) => {
-            let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty());
+            // The middle process exits 0 once the watcher is forked, or
+            // dies of a failed fork: then nobody would serve the socket.
+            let st = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty());
+            if !matches!(st, Ok(Some((_, st))) if st.exit_status() == Some(0)) {
+                remove();
+                PROG.die(EXIT_SYS, "unable to fork the watcher");
+            }
         }
     }
     // The notification fd is the watcher's alone; the socket and the pidfd
