@@ -10,6 +10,7 @@ pub mod s6_fdholder_getdump;
 pub mod s6_fdholder_list;
 pub mod s6_fdholder_retrieve;
 pub mod s6_fdholder_sdlisten;
+pub mod s6_fdholder_sdnotify;
 pub mod s6_fdholder_setdump;
 pub mod s6_fdholder_store;
 pub mod s6_fdholder_transferdump;
@@ -33,6 +34,7 @@ pub const PROGRAMS: &[(&str, fn())] = &[
     ("s6-fdholder-list", s6_fdholder_list::main),
     ("s6-fdholder-retrieve", s6_fdholder_retrieve::main),
     ("s6-fdholder-sdlisten", s6_fdholder_sdlisten::main),
+    ("s6-fdholder-sdnotify", s6_fdholder_sdnotify::main),
     ("s6-fdholder-setdump", s6_fdholder_setdump::main),
     ("s6-fdholder-store", s6_fdholder_store::main),
     ("s6-fdholder-transferdump", s6_fdholder_transferdump::main),

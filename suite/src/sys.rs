@@ -156,6 +156,137 @@ pub fn ignore_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// Ignores `sig` (SIGTERM, SIGHUP...): for `s6-fdholder-sdnotify`'s
+/// watcher, which must outlive a signal sent to its process group until
+/// the program it watches has exited.
+pub fn ignore_signal(sig: libc::c_int) {
+    // SAFETY: SIG_IGN is a valid disposition and no handler code runs.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+/// What [`fork`] returned in the process that called it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the calling process: the child's pid.
+    Parent(rustix::process::Pid),
+}
+
+/// `fork()`. Only for a single-threaded program (every program of the
+/// suite is), where the child may run any code.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the process has one thread, so the child inherits no lock
+    // held by another thread; both sides go on with a consistent copy.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        0 => Ok(Forked::Child),
+        p if p > 0 => Ok(Forked::Parent(
+            rustix::process::Pid::from_raw(p).ok_or_else(io::Error::last_os_error)?,
+        )),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// `_exit(code)`: ends the process at once, without flushing stdio or
+/// running anything registered to run at exit (for the middle process of
+/// a double fork, whose copies of the parent's buffers are not its own).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of the process.
+    unsafe { libc::_exit(code) }
+}
+
+/// A datagram received by [`recv_datagram`], with what came along.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Its real length (more than the buffer when `truncated`).
+    pub len: usize,
+    /// It did not fit the buffer (`MSG_TRUNC`).
+    pub truncated: bool,
+    /// Its control data did not fit (`MSG_CTRUNC`): fds were lost (closed
+    /// by the kernel).
+    pub control_truncated: bool,
+    /// The fds it carried (`SCM_RIGHTS`), close-on-exec.
+    pub fds: Vec<OwnedFd>,
+    /// The sender's pid, uid and gid (`SCM_CREDENTIALS`). A pid of 0 is
+    /// the kernel's way of saying the sender is not in this pid namespace.
+    pub cred: Option<(i32, u32, u32)>,
+}
+
+/// Receives one datagram from `sock` without waiting (`None`: none is
+/// queued), into `buf`, with at most what `control` can hold of control
+/// data (`SCM_RIGHTS`, `SCM_CREDENTIALS`; other kinds are skipped).
+///
+/// Written here rather than with `rustix::net::recvmsg`, whose `UCred`
+/// holds the pid as a non-zero type: the kernel writes 0 there for a
+/// sender in another pid namespace.
+pub fn recv_datagram(
+    sock: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    control: &mut [u64],
+) -> io::Result<Option<Datagram>> {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(control);
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
+    // SAFETY: `msg` points to `iov` (describing `buf`) and to `control`,
+    // all alive and writable for the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let mut out = Datagram {
+        len: n as usize,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        fds: Vec::new(),
+        cred: None,
+    };
+    // SAFETY: the kernel filled `msg.msg_control` with msg_controllen bytes
+    // of well-formed control messages; CMSG_FIRSTHDR and CMSG_NXTHDR stay
+    // inside them and return null at the end.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` points to a complete cmsghdr inside the control data.
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        // SAFETY: CMSG_DATA and CMSG_LEN only compute with their arguments.
+        let (data, payload) = unsafe { (libc::CMSG_DATA(c), len - libc::CMSG_LEN(0) as usize) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                // SAFETY: the payload holds that many fds, which the
+                // kernel just installed in this process for the caller.
+                let fd = unsafe { data.cast::<libc::c_int>().add(i).read_unaligned() };
+                if fd >= 0 {
+                    // SAFETY: a new descriptor, owned by nothing else.
+                    out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        } else if level == libc::SOL_SOCKET
+            && kind == libc::SCM_CREDENTIALS
+            && payload >= std::mem::size_of::<libc::ucred>()
+        {
+            // SAFETY: the payload holds a struct ucred (any bits are valid).
+            let u = unsafe { data.cast::<libc::ucred>().read_unaligned() };
+            out.cred = Some((u.pid, u.uid, u.gid));
+        }
+        // SAFETY: as for CMSG_FIRSTHDR, with `c` one of its results.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok(Some(out))
+}
+
 /// Closes descriptor 1, as the reference daemon does with its stdout, so
 /// that its descriptor budget (RLIMIT_NOFILE − 6 held fds) is the same.
 ///

@@ -574,3 +574,132 @@ fn s6_example_walkthrough() {
         started.elapsed()
     );
 }
+
+/// `examples/s6/sd-service`: a service written for systemd (Python's
+/// `systemd.daemon`), under `s6-supervise` with `s6-fdholder-sdnotify`:
+/// started with `s6-svc -u` (it has a `down` file, so that the walk-through
+/// above does not start it), `s6-svwait -U` sees its `READY=1`, its
+/// listener is stored as `sd/listener:00000000`; killed (`s6-svc -k`),
+/// s6-supervise starts it again and it comes back ready with the same
+/// listener (same st_dev and st_ino, seen from the service's own fstat),
+/// while a client that connected when it was down is served.
+#[test]
+fn s6_sd_service_example() {
+    if !have_debian_tools() {
+        return;
+    }
+    let python_systemd = Command::new("/usr/bin/python3")
+        .args(["-c", "import systemd.daemon"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_systemd {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3-systemd missing in CI"
+        );
+        common::loud("examples.rs: python3-systemd not installed");
+        return;
+    }
+    let tmp = TempDir::new("examples-sd");
+    let root = tmp.path().canonicalize().unwrap();
+    let bin = root.join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::copy(multicall(), bin.join("fdholder")).unwrap();
+    let out = Command::new(bin.join("fdholder"))
+        .arg("--install")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fdholder --install: {out:?}");
+    let scan = root.join("scan");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/s6"),
+        &scan,
+    );
+    for service in ["fdholder", "sd-service"] {
+        let run = scan.join(service).join("run");
+        let text = fs::read_to_string(&run).unwrap();
+        assert_eq!(text.matches(PATH_LINE).count(), 1, "{service}/run");
+        let ours = format!("export PATH={}:$PATH\n", bin.display());
+        fs::write(&run, text.replace(PATH_LINE, &ours)).unwrap();
+    }
+    // Only the holder and this service run: the demo's are marked down.
+    for service in ["demo-store", "demo-serve"] {
+        fs::write(scan.join(service).join("down"), "").unwrap();
+    }
+    let log = fs::File::create(root.join("log")).unwrap();
+    let svscan = Command::new("/usr/bin/s6-svscan")
+        .arg(".")
+        .current_dir(&scan)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ex = Example {
+        root: root.clone(),
+        bin,
+        scan,
+        svscan,
+    };
+    let supervised = poll(Duration::from_secs(10), || {
+        let ok = |s| ex.run("s6-svok", &[s]).status.success();
+        (ok("fdholder") && ok("sd-service")).then_some(())
+    });
+    assert!(supervised.is_some(), "not supervised\n{}", ex.log());
+    ex.ok("s6-svwait", &["-U", "-t", "5000", "fdholder"]);
+    assert_eq!(ex.svstat("up", "sd-service"), "false");
+
+    // `s6-svc -u sd-service; s6-svwait -U sd-service`: up and ready.
+    ex.ok("s6-svc", &["-u", "sd-service"]);
+    ex.ok("s6-svwait", &["-U", "-t", "10000", "sd-service"]);
+    let pid1: u32 = ex.svstat("pid", "sd-service").parse().unwrap();
+    assert_eq!(
+        ex.ok("s6-fdholder-list", &["fdholder/socket"]),
+        "sd/listener:00000000\n",
+        "{}",
+        ex.log()
+    );
+    let sock = ex.scan.join("sd-service/socket");
+    let ask = |sock: &Path| {
+        let mut s = UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut a = String::new();
+        s.read_to_string(&mut a).unwrap();
+        let f: Vec<u64> = a.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(f.len(), 3, "{a:?}");
+        (f[0] as u32, (f[1], f[2]))
+    };
+    let (answered, listener1) = ask(&sock);
+    assert_eq!(answered, pid1);
+
+    // `s6-svc -k sd-service`: killed; a client connects while it is down;
+    // s6-supervise starts it again a second later.
+    ex.ok("s6-svc", &["-k", "sd-service"]);
+    let gone = poll(Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{pid1}")).exists()).then_some(())
+    });
+    assert!(gone.is_some());
+    let waiting = std::thread::spawn({
+        let sock = sock.clone();
+        move || ask(&sock)
+    });
+    let back = poll(Duration::from_secs(20), || {
+        let s = ex.svstat("up,ready,pid", "sd-service");
+        let f: Vec<&str> = s.split_whitespace().collect();
+        (f.len() == 3 && f[0] == "true" && f[1] == "true" && f[2] != pid1.to_string())
+            .then(|| f[2].parse::<u32>().unwrap())
+    });
+    let pid2 = back.unwrap_or_else(|| panic!("not back up and ready\n{}", ex.log()));
+    let (answered, listener2) = waiting.join().unwrap();
+    assert_eq!(answered, pid2, "the client that waited is served");
+    assert_eq!(listener2, listener1, "the same listener");
+    assert_eq!(ask(&sock), (pid2, listener1));
+    assert_eq!(
+        ex.ok("s6-fdholder-list", &["fdholder/socket"]),
+        "sd/listener:00000000\n"
+    );
+    ex.ok("s6-svc", &["-d", "sd-service"]);
+}

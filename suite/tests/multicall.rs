@@ -20,6 +20,7 @@ const PROGRAMS: &[&str] = &[
     "s6-fdholder-list",
     "s6-fdholder-retrieve",
     "s6-fdholder-sdlisten",
+    "s6-fdholder-sdnotify",
     "s6-fdholder-setdump",
     "s6-fdholder-store",
     "s6-fdholder-transferdump",

@@ -3,13 +3,14 @@
 //! `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, as systemd hands a
 //! service its sockets. See `docs/s6-fdholder-sdlisten.md`.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::cli::{EXIT_REFUSED, EXIT_SYS, Prog, strerror};
 use crate::sd;
+use fdholder::client::Deadline;
 
 const PROG: Prog = Prog {
     name: "s6-fdholder-sdlisten",
@@ -18,11 +19,6 @@ const PROG: Prog = Prog {
 
 /// The first fd handed over (systemd's `SD_LISTEN_FDS_START`).
 const FIRST: u32 = 3;
-
-/// Dies of a failure to put an fd in place.
-fn die_move(e: io::Error) -> ! {
-    PROG.die_unable(EXIT_SYS, "move fd", &e)
-}
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
@@ -33,12 +29,29 @@ pub fn main() {
     if prog.is_empty() {
         PROG.die_usage();
     }
-    let prefix = prefix.as_bytes();
+    let held = retrieve_held(&PROG, socket, prefix.as_bytes(), delete, deadline);
+    let env = place(&PROG, held, prefix.as_bytes());
+    PROG.exec(prog, &env)
+}
+
+/// The first half of the hand-back, shared with `s6-fdholder-sdnotify`:
+/// connects to the daemon at `socket` and gets every fd held under
+/// `prefix`, in [`sd::listen_order`], with its id; deletes them all from
+/// the daemon too with `delete` (once all are retrieved). Dies with
+/// `prog`'s messages on a failure; an id gone since the list is skipped
+/// with a warning.
+pub fn retrieve_held(
+    prog: &Prog,
+    socket: &OsStr,
+    prefix: &[u8],
+    delete: bool,
+    deadline: Deadline,
+) -> Vec<(Vec<u8>, OwnedFd)> {
     let shown = |id: &[u8]| String::from_utf8_lossy(id).into_owned();
-    let mut client = PROG.connect("", socket, deadline);
+    let mut client = prog.connect("", socket, deadline);
     let ids = client
         .list(deadline)
-        .unwrap_or_else(|e| PROG.die_unable(EXIT_REFUSED, "get fd list", &e));
+        .unwrap_or_else(|e| prog.die_unable(EXIT_REFUSED, "get fd list", &e));
     // Every fd is retrieved before any is deleted: a refusal or a
     // time-out on the way leaves the holder as it was.
     let mut held: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
@@ -46,12 +59,12 @@ pub fn main() {
         match client.retrieve(&id, deadline) {
             Ok(fd) => held.push((id, fd)),
             // Deleted since the list, by a client or its expiry: skipped.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => PROG.warn(format_args!(
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => prog.warn(format_args!(
                 "unable to retrieve fd for id {}: {}",
                 shown(&id),
                 strerror(&e)
             )),
-            Err(e) => PROG.die_unable(
+            Err(e) => prog.die_unable(
                 EXIT_REFUSED,
                 format_args!("retrieve fd for id {}", shown(&id)),
                 &e,
@@ -62,7 +75,7 @@ pub fn main() {
         for (id, _) in &held {
             match client.delete(id, deadline) {
                 // Already gone: what -D asks for.
-                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => PROG.die_unable(
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => prog.die_unable(
                     EXIT_REFUSED,
                     format_args!("delete fd for id {}", shown(id)),
                     &e,
@@ -71,8 +84,20 @@ pub fn main() {
             }
         }
     }
-    drop(client);
+    held
+}
 
+/// The second half of the hand-back: puts the fds of `held` (ids under
+/// `prefix`) at 3, 4, ... without close-on-exec, and returns the
+/// environment modifications describing them (`LISTEN_PID` this process,
+/// `LISTEN_FDS`, `LISTEN_FDNAMES`; all three unset when there are none),
+/// for [`Prog::exec`]. Dies with `prog`'s messages on a failure.
+pub fn place(
+    prog: &Prog,
+    held: Vec<(Vec<u8>, OwnedFd)>,
+    prefix: &[u8],
+) -> Vec<(OsString, Option<OsString>)> {
+    let die_move = |e: io::Error| -> ! { prog.die_unable(EXIT_SYS, "move fd", &e) };
     let n = held.len();
     let mut names = Vec::new();
     for (i, (id, _)) in held.iter().enumerate() {
@@ -112,12 +137,9 @@ pub fn main() {
         }
     }
     let var = |k: &str, v: Vec<u8>| (OsString::from(k), (n > 0).then(|| OsString::from_vec(v)));
-    PROG.exec(
-        prog,
-        &[
-            var("LISTEN_PID", std::process::id().to_string().into_bytes()),
-            var("LISTEN_FDS", n.to_string().into_bytes()),
-            var("LISTEN_FDNAMES", names),
-        ],
-    )
+    vec![
+        var("LISTEN_PID", std::process::id().to_string().into_bytes()),
+        var("LISTEN_FDS", n.to_string().into_bytes()),
+        var("LISTEN_FDNAMES", names),
+    ]
 }
