@@ -92,10 +92,13 @@ fn socket(fd: BorrowedFd<'_>) -> Socket {
         sotype: sockopt::socket_type(fd).map_or(0, |t| t.as_raw()),
         listening: sockopt::socket_acceptconn(fd).unwrap_or(false),
         local: rustix::net::getsockname(fd).map_or(Addr::None, addr),
-        peer: rustix::net::getpeername(fd)
-            .ok()
-            .flatten()
-            .map_or(Addr::None, addr),
+        // Ok(None): connected to an unnamed peer (a socketpair end);
+        // ENOTCONN: not connected.
+        peer: match rustix::net::getpeername(fd) {
+            Ok(Some(a)) => addr(a),
+            Ok(None) => Addr::Unnamed,
+            Err(_) => Addr::None,
+        },
     }
 }
 
@@ -105,12 +108,12 @@ fn addr(a: SocketAddrAny) -> Addr {
     }
     match SocketAddrUnix::try_from(a) {
         Ok(u) => {
-            if let Some(p) = u.path_bytes() {
-                Addr::Path(p.to_vec())
-            } else if let Some(n) = u.abstract_name() {
-                Addr::Abstract(n.to_vec())
-            } else {
-                Addr::Unnamed
+            // An empty abstract name is what rustix makes of an unnamed
+            // socket's address (no name can be bound empty).
+            match (u.path_bytes(), u.abstract_name()) {
+                (Some(p), _) => Addr::Path(p.to_vec()),
+                (None, Some(n)) if !n.is_empty() => Addr::Abstract(n.to_vec()),
+                _ => Addr::Unnamed,
             }
         }
         Err(_) => Addr::Other,
