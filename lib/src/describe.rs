@@ -209,8 +209,8 @@ pub enum Kind {
         /// Its path.
         path: Vec<u8>,
     },
-    /// Anything else (a symlink opened with `O_PATH`, a kind not told
-    /// apart): the link `/proc/self/fd/N` says what.
+    /// Anything else (any descriptor opened with `O_PATH`, a kind not
+    /// told apart): the link `/proc/self/fd/N` says what.
     Other {
         /// The link's target.
         path: Vec<u8>,
@@ -711,6 +711,18 @@ mod tests {
         let mut got = Vec::new();
         parse_chunk(&b, now, &mut got).unwrap();
         assert_eq!(got, want);
+        // Random corruption is refused or parsed, never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut c = b.clone();
+            let i = (x as usize) % c.len();
+            c[i] = (x >> 32) as u8;
+            let cut = ((x >> 40) as usize) % (c.len() + 1);
+            let _ = parse_chunk(&c[..cut], now, &mut Vec::new());
+        }
         // Every truncation is refused.
         for n in 0..b.len() {
             let mut v = Vec::new();

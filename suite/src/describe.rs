@@ -32,6 +32,8 @@ pub fn describe(fd: BorrowedFd<'_>) -> Description {
         .map(|c| c.into_bytes())
         .unwrap_or_default();
     let kind = match FileType::from_raw_mode(mode) {
+        // An O_PATH descriptor is only a place: what it opens is not open.
+        _ if flags & (libc::O_PATH as u32) != 0 => Kind::Other { path: link },
         _ if link.starts_with(b"anon_inode:") => anon(&link[b"anon_inode:".len()..]),
         FileType::Socket => Kind::Socket(socket(fd)),
         FileType::Fifo if link.starts_with(b"pipe:") => Kind::Pipe {

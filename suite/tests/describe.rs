@@ -243,6 +243,12 @@ fn every_kind_is_described_as_the_test_sees_it() {
     fds.add(&mut c, "file-rdwr", rdwr);
     fds.add(&mut c, "file-append", append);
     fds.add(&mut c, "dir", std::fs::File::open(t.path()).unwrap());
+    let o_path = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&fpath)
+        .unwrap();
+    fds.add(&mut c, "o-path", o_path);
 
     // A memfd with seals, the anonymous inodes, a device.
     let memfd = rustix::fs::memfd_create(
@@ -326,6 +332,9 @@ fn every_kind_is_described_as_the_test_sees_it() {
                 size: 12,
             },
             "dir" => Kind::Directory { path: l.clone() },
+            "o-path" => Kind::Other {
+                path: fpath.as_os_str().as_encoded_bytes().to_vec(),
+            },
             "memfd" => Kind::Memfd {
                 name: b"describe-me".to_vec(),
                 size: 5000,
