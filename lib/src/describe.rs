@@ -17,12 +17,10 @@
 //! # Example
 //!
 //! ```no_run
-//! use fdholder::describe::Kind;
-//!
 //! # fn main() -> std::io::Result<()> {
 //! let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
 //! for held in c.describe(None)? {
-//!     if let Kind::Socket(s) = &held.description.kind {
+//!     if let Some(s) = &held.description.socket {
 //!         println!("{:?} listening: {}", held.id, s.listening);
 //!     }
 //! }
@@ -42,9 +40,9 @@ use crate::tain::{self, Tain};
 /// ```
 /// use fdholder::describe::{Description, Held, Kind};
 /// let h = Held {
-///     id: b"web/listen".to_vec(),
+///     id: b"tick".to_vec(),
 ///     limit: None,
-///     description: Description { kind: Kind::EventFd, mode: 0o600, dev: 0, ino: 1, flags: 2 },
+///     description: Description { kind: Kind::TimerFd, ..Description::default() },
 /// };
 /// assert!(h.limit.is_none());
 /// ```
@@ -58,40 +56,63 @@ pub struct Held {
     pub description: Description,
 }
 
-/// What a held descriptor is: its kind, and what `fstat` and
-/// `fcntl(F_GETFL)` say of every descriptor.
+/// What a held descriptor is. Every field is there for every kind (0 or
+/// empty when it does not apply or a call failed), so that one layout
+/// serves all: which fields mean something for which [`Kind`] is said on
+/// each.
 ///
 /// # Example
 ///
 /// ```
 /// use fdholder::describe::{Description, End, Kind};
-/// let d = Description { kind: Kind::Pipe { end: End::Read }, mode: 0o010600, dev: 14, ino: 4242, flags: 0 };
-/// assert_eq!(d.end(), End::Read);
+/// let d = Description {
+///     kind: Kind::File,
+///     flags: 0o2001, // O_WRONLY | O_APPEND
+///     size: 12,
+///     path: b"/var/log/app.log".to_vec(),
+///     ..Description::default()
+/// };
+/// assert_eq!(d.end(), End::Write);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Description {
-    /// The kind and what is particular to it.
+    /// The kind.
     pub kind: Kind,
-    /// `st_mode` (file type and permission bits).
+    /// `fstat`'s `st_mode` (file type and permission bits).
     pub mode: u32,
     /// `st_dev`.
     pub dev: u64,
     /// `st_ino` (a pipe's inode is what `pipe:[N]` names).
     pub ino: u64,
-    /// The open file's status flags, `fcntl(F_GETFL)` (`O_ACCMODE`,
-    /// `O_APPEND`, `O_NONBLOCK`, ...; Linux values).
+    /// The open file's status flags, `fcntl(F_GETFL)`: `O_ACCMODE`,
+    /// `O_APPEND`, `O_NONBLOCK`, ... (Linux values).
     pub flags: u32,
+    /// `st_size`: for a file and a memfd.
+    pub size: u64,
+    /// `st_rdev`: for a device.
+    pub rdev: u64,
+    /// `fcntl(F_GET_SEALS)`, for a memfd: `F_SEAL_SEAL` 1, `_SHRINK` 2,
+    /// `_GROW` 4, `_WRITE` 8, `_FUTURE_WRITE` 16, `_EXEC` 32.
+    pub seals: u32,
+    /// The path of a file, directory, FIFO, device (what
+    /// `/proc/self/fd/N` links to; the kernel appends ` (deleted)` once it
+    /// is unlinked), that link itself for [`Kind::Other`]; the name of a
+    /// memfd, and of an anonymous inode (after `anon_inode:`); empty
+    /// otherwise. Bytes, as the kernel gives them.
+    pub path: Vec<u8>,
+    /// A socket's particulars (`Some` exactly for [`Kind::Socket`]).
+    pub socket: Option<Socket>,
 }
 
 impl Description {
-    /// Which way the descriptor was opened, from its access mode.
+    /// Which way the descriptor is open, from its access mode.
     ///
     /// # Example
     ///
     /// ```
     /// use fdholder::describe::{Description, End, Kind};
-    /// let d = Description { kind: Kind::Other { path: vec![] }, mode: 0, dev: 0, ino: 0, flags: 0o2 };
-    /// assert_eq!(d.end(), End::Both);
+    /// let d = Description { kind: Kind::Pipe, flags: 0, ..Description::default() };
+    /// assert_eq!(d.end(), End::Read);
     /// ```
     pub fn end(&self) -> End {
         End::from_flags(self.flags)
@@ -138,86 +159,82 @@ impl End {
     }
 }
 
-/// The kinds of descriptor told apart, with what is particular to each.
-/// Paths and names are bytes, as the kernel gives them.
+/// The kinds of descriptor told apart. On the wire each is one byte, its
+/// discriminant.
 ///
 /// # Example
 ///
 /// ```
 /// use fdholder::describe::Kind;
-/// let k = Kind::Memfd { name: b"state".to_vec(), size: 4096, seals: 0x1 };
-/// assert_eq!(k.name(), "memfd");
+/// assert_eq!(Kind::Memfd.name(), "memfd");
+/// assert_eq!(Kind::from_byte(b'm'), Some(Kind::Memfd));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Kind {
-    /// A socket.
-    Socket(Socket),
-    /// A pipe (`pipe:[inode]`; the inode is [`Description::ino`]).
-    Pipe {
-        /// Read or write end, from the access mode.
-        end: End,
-    },
-    /// A FIFO opened by path.
-    Fifo {
-        /// Its path.
-        path: Vec<u8>,
-        /// Read or write end (or both), from the access mode.
-        end: End,
-    },
+    /// A socket ([`Description::socket`]).
+    Socket = b's',
+    /// A pipe (`pipe:[inode]`); its end is [`Description::end`].
+    Pipe = b'p',
+    /// A FIFO opened by its path.
+    Fifo = b'f',
     /// A regular file.
-    File {
-        /// Its path (` (deleted)` appended when unlinked, as the kernel says).
-        path: Vec<u8>,
-        /// `st_size`.
-        size: u64,
-    },
+    File = b'r',
     /// A directory.
-    Directory {
-        /// Its path.
-        path: Vec<u8>,
-    },
-    /// A memfd (`memfd_create`).
-    Memfd {
-        /// The name it was created with.
-        name: Vec<u8>,
-        /// `st_size`.
-        size: u64,
-        /// `fcntl(F_GET_SEALS)`: `F_SEAL_SEAL` 1, `_SHRINK` 2, `_GROW` 4,
-        /// `_WRITE` 8, `_FUTURE_WRITE` 16, `_EXEC` 32.
-        seals: u32,
-    },
+    Directory = b'd',
+    /// A memfd (`memfd_create`): name, size, seals.
+    Memfd = b'm',
     /// An eventfd.
-    EventFd,
+    EventFd = b'e',
     /// A timerfd.
-    TimerFd,
+    TimerFd = b't',
     /// A signalfd.
-    SignalFd,
+    SignalFd = b'g',
     /// A pidfd.
-    PidFd,
+    PidFd = b'P',
     /// Another anonymous inode (`anon_inode:NAME`: `[eventpoll]`,
     /// `[io_uring]`, `inotify`...).
-    AnonInode {
-        /// What follows `anon_inode:`.
-        name: Vec<u8>,
-    },
-    /// A character or block device.
-    Device {
-        /// `st_rdev`.
-        rdev: u64,
-        /// A block device (else a character device).
-        block: bool,
-        /// Its path.
-        path: Vec<u8>,
-    },
-    /// Anything else (any descriptor opened with `O_PATH`, a kind not
-    /// told apart): the link `/proc/self/fd/N` says what.
-    Other {
-        /// The link's target.
-        path: Vec<u8>,
-    },
+    AnonInode = b'a',
+    /// A character device.
+    CharDevice = b'c',
+    /// A block device.
+    BlockDevice = b'b',
+    /// Anything else, and every descriptor opened with `O_PATH`:
+    /// [`Description::path`] is what `/proc/self/fd/N` links to.
+    #[default]
+    Other = b'o',
 }
 
 impl Kind {
+    /// The kind of a wire byte.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(fdholder::describe::Kind::from_byte(b'?'), None);
+    /// ```
+    pub fn from_byte(b: u8) -> Option<Kind> {
+        use Kind::*;
+        [
+            Socket,
+            Pipe,
+            Fifo,
+            File,
+            Directory,
+            Memfd,
+            EventFd,
+            TimerFd,
+            SignalFd,
+            PidFd,
+            AnonInode,
+            CharDevice,
+            BlockDevice,
+            Other,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == b)
+    }
+
     /// The kind's name as `s6-fdholder-list -l` prints it.
     ///
     /// # Example
@@ -225,27 +242,27 @@ impl Kind {
     /// ```
     /// assert_eq!(fdholder::describe::Kind::PidFd.name(), "pidfd");
     /// ```
-    pub fn name(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            Kind::Socket(_) => "socket",
-            Kind::Pipe { .. } => "pipe",
-            Kind::Fifo { .. } => "fifo",
-            Kind::File { .. } => "file",
-            Kind::Directory { .. } => "directory",
-            Kind::Memfd { .. } => "memfd",
+            Kind::Socket => "socket",
+            Kind::Pipe => "pipe",
+            Kind::Fifo => "fifo",
+            Kind::File => "file",
+            Kind::Directory => "directory",
+            Kind::Memfd => "memfd",
             Kind::EventFd => "eventfd",
             Kind::TimerFd => "timerfd",
             Kind::SignalFd => "signalfd",
             Kind::PidFd => "pidfd",
-            Kind::AnonInode { .. } => "anon_inode",
-            Kind::Device { block: false, .. } => "chardev",
-            Kind::Device { block: true, .. } => "blockdev",
-            Kind::Other { .. } => "other",
+            Kind::AnonInode => "anon_inode",
+            Kind::CharDevice => "chardev",
+            Kind::BlockDevice => "blockdev",
+            Kind::Other => "other",
         }
     }
 }
 
-/// A socket's description.
+/// A socket's particulars.
 ///
 /// # Example
 ///
@@ -280,7 +297,7 @@ pub struct Socket {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addr {
-    /// No address: a peer of an unconnected socket, or the call failed.
+    /// No address: the peer of an unconnected socket, or the call failed.
     None,
     /// An IPv4 or IPv6 address and port.
     Inet(SocketAddr),
@@ -298,22 +315,6 @@ pub enum Addr {
 /// The most bytes of entries the daemon puts in one chunk of a describe
 /// answer (a chunk holds at least one entry, whatever its size).
 pub const CHUNK_BYTES: usize = 1 << 16;
-
-// Kind tags on the wire.
-const K_SOCKET: u8 = b's';
-const K_PIPE: u8 = b'p';
-const K_FIFO: u8 = b'f';
-const K_FILE: u8 = b'r';
-const K_DIR: u8 = b'd';
-const K_MEMFD: u8 = b'm';
-const K_EVENTFD: u8 = b'e';
-const K_TIMERFD: u8 = b't';
-const K_SIGNALFD: u8 = b'g';
-const K_PIDFD: u8 = b'P';
-const K_ANON: u8 = b'a';
-const K_CHR: u8 = b'c';
-const K_BLK: u8 = b'b';
-const K_OTHER: u8 = b'o';
 
 // Address tags on the wire.
 const A_NONE: u8 = 0;
@@ -366,7 +367,7 @@ fn push_addr(b: &mut Vec<u8>, a: &Addr) {
 ///
 /// ```
 /// use fdholder::describe::{push_held, parse_chunk, Description, Kind};
-/// let d = Description { kind: Kind::TimerFd, mode: 0o600, dev: 15, ino: 9, flags: 2 };
+/// let d = Description { kind: Kind::TimerFd, mode: 0o600, ino: 9, flags: 2, ..Description::default() };
 /// let limit = fdholder::Tain::infinite_from(fdholder::Tain::now());
 /// let mut b = Vec::new();
 /// push_held(&mut b, limit, b"tick", &d);
@@ -376,60 +377,27 @@ fn push_addr(b: &mut Vec<u8>, a: &Addr) {
 /// ```
 pub fn push_held(b: &mut Vec<u8>, limit: Tain, id: &[u8], d: &Description) {
     proto::push_entry(b, limit, id);
-    let tag = match &d.kind {
-        Kind::Socket(_) => K_SOCKET,
-        Kind::Pipe { .. } => K_PIPE,
-        Kind::Fifo { .. } => K_FIFO,
-        Kind::File { .. } => K_FILE,
-        Kind::Directory { .. } => K_DIR,
-        Kind::Memfd { .. } => K_MEMFD,
-        Kind::EventFd => K_EVENTFD,
-        Kind::TimerFd => K_TIMERFD,
-        Kind::SignalFd => K_SIGNALFD,
-        Kind::PidFd => K_PIDFD,
-        Kind::AnonInode { .. } => K_ANON,
-        Kind::Device { block: false, .. } => K_CHR,
-        Kind::Device { block: true, .. } => K_BLK,
-        Kind::Other { .. } => K_OTHER,
-    };
-    b.push(tag);
-    b.extend_from_slice(&d.mode.to_be_bytes());
-    b.extend_from_slice(&d.dev.to_be_bytes());
-    b.extend_from_slice(&d.ino.to_be_bytes());
-    b.extend_from_slice(&d.flags.to_be_bytes());
-    match &d.kind {
-        Kind::Socket(s) => {
-            b.extend_from_slice(&s.family.to_be_bytes());
-            b.extend_from_slice(&s.sotype.to_be_bytes());
-            b.push(s.listening as u8);
-            push_addr(b, &s.local);
-            push_addr(b, &s.peer);
-        }
-        Kind::Pipe { .. } | Kind::EventFd | Kind::TimerFd | Kind::SignalFd | Kind::PidFd => {}
-        Kind::Fifo { path, .. }
-        | Kind::Directory { path }
-        | Kind::AnonInode { name: path }
-        | Kind::Other { path } => push_bytes(b, path),
-        Kind::File { path, size } => {
-            b.extend_from_slice(&size.to_be_bytes());
-            push_bytes(b, path);
-        }
-        Kind::Memfd { name, size, seals } => {
-            b.extend_from_slice(&size.to_be_bytes());
-            b.extend_from_slice(&seals.to_be_bytes());
-            push_bytes(b, name);
-        }
-        Kind::Device { rdev, path, .. } => {
-            b.extend_from_slice(&rdev.to_be_bytes());
-            push_bytes(b, path);
-        }
+    b.push(d.kind as u8);
+    for n in [d.mode, d.flags, d.seals] {
+        b.extend_from_slice(&n.to_be_bytes());
+    }
+    for n in [d.dev, d.ino, d.size, d.rdev] {
+        b.extend_from_slice(&n.to_be_bytes());
+    }
+    push_bytes(b, &d.path);
+    if let Some(s) = &d.socket {
+        b.extend_from_slice(&s.family.to_be_bytes());
+        b.extend_from_slice(&s.sotype.to_be_bytes());
+        b.push(s.listening as u8);
+        push_addr(b, &s.local);
+        push_addr(b, &s.peer);
     }
 }
 
 /// A reader over an entry's bytes; `None` when they run out.
 struct Cur<'a>(&'a [u8]);
 
-impl<'a> Cur<'a> {
+impl Cur<'_> {
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (h, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
@@ -473,60 +441,19 @@ impl<'a> Cur<'a> {
         })
     }
     fn description(&mut self) -> Option<Description> {
-        let tag = self.u8()?;
-        let (mode, dev, ino, flags) = (self.u32()?, self.u64()?, self.u64()?, self.u32()?);
-        let kind = match tag {
-            K_SOCKET => Kind::Socket(Socket {
+        let kind = Kind::from_byte(self.u8()?)?;
+        let (mode, flags, seals) = (self.u32()?, self.u32()?, self.u32()?);
+        let (dev, ino, size, rdev) = (self.u64()?, self.u64()?, self.u64()?, self.u64()?);
+        let path = self.bytes()?;
+        let socket = match kind {
+            Kind::Socket => Some(Socket {
                 family: self.u16()?,
                 sotype: self.u32()?,
                 listening: self.u8()? != 0,
                 local: self.addr()?,
                 peer: self.addr()?,
             }),
-            K_PIPE => Kind::Pipe {
-                end: End::from_flags(flags),
-            },
-            K_FIFO => Kind::Fifo {
-                path: self.bytes()?,
-                end: End::from_flags(flags),
-            },
-            K_FILE => {
-                let size = self.u64()?;
-                Kind::File {
-                    path: self.bytes()?,
-                    size,
-                }
-            }
-            K_DIR => Kind::Directory {
-                path: self.bytes()?,
-            },
-            K_MEMFD => {
-                let (size, seals) = (self.u64()?, self.u32()?);
-                Kind::Memfd {
-                    name: self.bytes()?,
-                    size,
-                    seals,
-                }
-            }
-            K_EVENTFD => Kind::EventFd,
-            K_TIMERFD => Kind::TimerFd,
-            K_SIGNALFD => Kind::SignalFd,
-            K_PIDFD => Kind::PidFd,
-            K_ANON => Kind::AnonInode {
-                name: self.bytes()?,
-            },
-            K_CHR | K_BLK => {
-                let rdev = self.u64()?;
-                Kind::Device {
-                    rdev,
-                    block: tag == K_BLK,
-                    path: self.bytes()?,
-                }
-            }
-            K_OTHER => Kind::Other {
-                path: self.bytes()?,
-            },
-            _ => return None,
+            _ => None,
         };
         Some(Description {
             kind,
@@ -534,6 +461,11 @@ impl<'a> Cur<'a> {
             dev,
             ino,
             flags,
+            size,
+            rdev,
+            seals,
+            path,
+            socket,
         })
     }
 }
@@ -641,65 +573,51 @@ mod tests {
 
     #[test]
     fn round_trip_every_kind() {
-        let s = |local, peer| {
-            Kind::Socket(Socket {
-                family: 2,
-                sotype: 1,
-                listening: true,
-                local,
-                peer,
-            })
+        let sock = |local, peer| Socket {
+            family: 2,
+            sotype: 1,
+            listening: true,
+            local,
+            peer,
         };
-        let kinds = vec![
-            s(Addr::Inet("1.2.3.4:5".parse().unwrap()), Addr::None),
-            s(Addr::Inet("[::1%3]:80".parse().unwrap()), Addr::Unnamed),
-            s(
+        let socks = [
+            sock(Addr::Inet("1.2.3.4:5".parse().unwrap()), Addr::None),
+            sock(Addr::Inet("[::1%3]:80".parse().unwrap()), Addr::Unnamed),
+            sock(
                 Addr::Path(b"/a b".to_vec()),
                 Addr::Abstract(b"\0x".to_vec()),
             ),
-            s(Addr::Other, Addr::None),
-            Kind::Pipe { end: End::Write },
-            Kind::Fifo {
-                path: b"/f".to_vec(),
-                end: End::Write,
-            },
-            Kind::File {
-                path: b"/etc".to_vec(),
-                size: 7,
-            },
-            Kind::Directory {
-                path: b"/".to_vec(),
-            },
-            Kind::Memfd {
-                name: b"m".to_vec(),
-                size: 1 << 40,
-                seals: 15,
-            },
-            Kind::EventFd,
-            Kind::TimerFd,
-            Kind::SignalFd,
-            Kind::PidFd,
-            Kind::AnonInode {
-                name: b"[io_uring]".to_vec(),
-            },
-            Kind::Device {
-                rdev: 259,
-                block: true,
-                path: b"/dev/x".to_vec(),
-            },
-            Kind::Other { path: vec![] },
+            sock(Addr::Other, Addr::None),
         ];
+        let mut descs: Vec<Description> = socks
+            .into_iter()
+            .map(|s| Description {
+                kind: Kind::Socket,
+                socket: Some(s),
+                ..Description::default()
+            })
+            .collect();
+        for b in 0..=255u8 {
+            if let Some(kind) = Kind::from_byte(b).filter(|k| *k != Kind::Socket) {
+                descs.push(Description {
+                    kind,
+                    mode: 0o644,
+                    dev: 1,
+                    ino: u64::from(b),
+                    flags: 1,
+                    size: 1 << 40,
+                    rdev: 259,
+                    seals: 15,
+                    path: vec![b, b'/'],
+                    socket: None,
+                });
+            }
+        }
+        assert_eq!(descs.len(), 4 + 13);
         let now = Tain::now();
         let mut b = Vec::new();
         let mut want = Vec::new();
-        for (i, kind) in kinds.into_iter().enumerate() {
-            let d = Description {
-                kind,
-                mode: 0o644,
-                dev: 1,
-                ino: i as u64,
-                flags: 1,
-            };
+        for (i, d) in descs.into_iter().enumerate() {
             let limit = now.add_secs(i as u64 + 1);
             push_held(&mut b, limit, format!("id{i}").as_bytes(), &d);
             want.push(Held {
@@ -723,7 +641,7 @@ mod tests {
             let cut = ((x >> 40) as usize) % (c.len() + 1);
             let _ = parse_chunk(&c[..cut], now, &mut Vec::new());
         }
-        // Every truncation is refused.
+        // Every truncation is refused, or parses fewer entries.
         for n in 0..b.len() {
             let mut v = Vec::new();
             let ok = parse_chunk(&b[..n], now, &mut v).is_some();

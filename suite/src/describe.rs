@@ -11,80 +11,81 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use fdholder::describe::{Addr, Description, End, Kind, Socket};
+use fdholder::describe::{Addr, Description, Kind, Socket};
 use rustix::fs::FileType;
 use rustix::net::{SocketAddrAny, SocketAddrUnix};
 
 /// Describes `fd`.
 pub fn describe(fd: BorrowedFd<'_>) -> Description {
-    let (mode, dev, ino, size, rdev) = match rustix::fs::fstat(fd) {
-        Ok(st) => (
-            st.st_mode,
-            st.st_dev,
-            st.st_ino,
-            st.st_size as u64,
-            st.st_rdev,
-        ),
-        Err(_) => (0, 0, 0, 0, 0),
-    };
-    let flags = rustix::fs::fcntl_getfl(fd).map_or(0, |f| f.bits());
-    let link = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())
-        .map(|c| c.into_bytes())
-        .unwrap_or_default();
-    let kind = match FileType::from_raw_mode(mode) {
+    let mut d = Description::default();
+    if let Ok(st) = rustix::fs::fstat(fd) {
+        (d.mode, d.dev, d.ino) = (st.st_mode, st.st_dev, st.st_ino);
+        (d.size, d.rdev) = (st.st_size as u64, st.st_rdev);
+    }
+    d.flags = rustix::fs::fcntl_getfl(fd).map_or(0, |f| f.bits());
+    let link = link(fd);
+    let anon = link.strip_prefix(b"anon_inode:");
+    let memfd = link
+        .strip_prefix(b"/memfd:")
+        .and_then(|n| n.strip_suffix(b" (deleted)"));
+    let ft = FileType::from_raw_mode(d.mode);
+    (d.kind, d.path) = match (ft, anon, memfd) {
         // An O_PATH descriptor is only a place: what it opens is not open.
-        _ if flags & (libc::O_PATH as u32) != 0 => Kind::Other { path: link },
-        _ if link.starts_with(b"anon_inode:") => anon(&link[b"anon_inode:".len()..]),
-        FileType::Socket => Kind::Socket(socket(fd)),
-        FileType::Fifo if link.starts_with(b"pipe:") => Kind::Pipe {
-            end: End::from_flags(flags),
-        },
-        FileType::Fifo => Kind::Fifo {
-            path: link,
-            end: End::from_flags(flags),
-        },
-        FileType::RegularFile => match memfd_name(&link) {
-            Some(name) => Kind::Memfd {
-                name: name.to_vec(),
-                size,
-                seals: rustix::fs::fcntl_get_seals(fd).map_or(0, |s| s.bits()),
-            },
-            None => Kind::File { path: link, size },
-        },
-        FileType::Directory => Kind::Directory { path: link },
-        FileType::CharacterDevice | FileType::BlockDevice => Kind::Device {
-            rdev,
-            block: FileType::from_raw_mode(mode) == FileType::BlockDevice,
-            path: link,
-        },
-        _ if link.starts_with(b"pidfd:") => Kind::PidFd,
-        _ => Kind::Other { path: link },
+        _ if d.flags & (libc::O_PATH as u32) != 0 => (Kind::Other, link),
+        (_, Some(b"[eventfd]"), _) => (Kind::EventFd, Vec::new()),
+        (_, Some(b"[timerfd]"), _) => (Kind::TimerFd, Vec::new()),
+        (_, Some(b"[signalfd]"), _) => (Kind::SignalFd, Vec::new()),
+        (_, Some(b"[pidfd]"), _) => (Kind::PidFd, Vec::new()),
+        (_, Some(name), _) => (Kind::AnonInode, name.to_vec()),
+        (FileType::Socket, ..) => (Kind::Socket, Vec::new()),
+        (FileType::Fifo, ..) if link.starts_with(b"pipe:") => (Kind::Pipe, Vec::new()),
+        (FileType::Fifo, ..) => (Kind::Fifo, link),
+        (FileType::RegularFile, _, Some(name)) => (Kind::Memfd, name.to_vec()),
+        (FileType::RegularFile, ..) => (Kind::File, link),
+        (FileType::Directory, ..) => (Kind::Directory, link),
+        (FileType::CharacterDevice, ..) => (Kind::CharDevice, link),
+        (FileType::BlockDevice, ..) => (Kind::BlockDevice, link),
+        _ if link.starts_with(b"pidfd:") => (Kind::PidFd, Vec::new()),
+        _ => (Kind::Other, link),
     };
-    Description {
-        kind,
-        mode,
-        dev,
-        ino,
-        flags,
+    match d.kind {
+        Kind::Memfd => d.seals = rustix::fs::fcntl_get_seals(fd).map_or(0, |s| s.bits()),
+        Kind::Socket => d.socket = Some(socket(fd)),
+        _ => {}
     }
+    if !matches!(d.kind, Kind::File | Kind::Memfd) {
+        d.size = 0;
+    }
+    if !matches!(d.kind, Kind::CharDevice | Kind::BlockDevice) {
+        d.rdev = 0;
+    }
+    d
 }
 
-/// An anonymous inode by the name after `anon_inode:`.
-fn anon(name: &[u8]) -> Kind {
-    match name {
-        b"[eventfd]" => Kind::EventFd,
-        b"[timerfd]" => Kind::TimerFd,
-        b"[signalfd]" => Kind::SignalFd,
-        b"[pidfd]" => Kind::PidFd,
-        _ => Kind::AnonInode {
-            name: name.to_vec(),
-        },
+/// The target of `/proc/self/fd/N` (empty if unreadable; cut at 4096
+/// bytes, as the kernel's paths are).
+fn link(fd: BorrowedFd<'_>) -> Vec<u8> {
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut n = fd.as_raw_fd() as u32;
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
-}
-
-/// The name of a memfd from its link, `/memfd:NAME (deleted)`.
-fn memfd_name(link: &[u8]) -> Option<&[u8]> {
-    link.strip_prefix(b"/memfd:")?.strip_suffix(b" (deleted)")
+    path[14..14 + digits.len() - i].copy_from_slice(&digits[i..]);
+    let Ok(path) = std::ffi::CStr::from_bytes_until_nul(&path) else {
+        return Vec::new();
+    };
+    let mut buf = [0u8; 4096];
+    match rustix::fs::readlinkat_raw(rustix::fs::CWD, path, &mut buf[..]) {
+        Ok(n) => buf[..n].to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn socket(fd: BorrowedFd<'_>) -> Socket {

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use fdholder::describe::{Addr, Description, End, Held, Kind};
+use fdholder::describe::{Addr, End, Held, Kind};
 
 use crate::cli::{EXIT_REFUSED, EXIT_SYS, Prog, quote};
 
@@ -69,163 +69,239 @@ pub fn main() {
     }
 }
 
-/// A field's value.
-enum Val {
-    /// Bytes, printed quoted as ids are (a JSON string of that form).
-    Str(Vec<u8>),
-    Num(u64),
-    Bool(bool),
-    /// Nothing: `none` (JSON `null`).
-    Null,
+/// Writes the fields of one line: ` key=value` (`-l`) or `,"key":value`
+/// (`-j`, the first opening the object).
+struct Line<'a> {
+    out: &'a mut Vec<u8>,
+    json: bool,
+    first: bool,
 }
 
-fn s(v: impl Into<Vec<u8>>) -> Val {
-    Val::Str(v.into())
-}
+impl Line<'_> {
+    fn key(&mut self, k: &str) {
+        let (a, b): (&[u8], &[u8]) = match (self.json, self.first) {
+            (true, true) => (b"{\"", b"\":"),
+            (true, false) => (b",\"", b"\":"),
+            (false, _) => (b" ", b"="),
+        };
+        self.first = false;
+        self.out.extend_from_slice(a);
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b);
+    }
 
-fn put(out: &mut Vec<u8>, v: &Val, json: bool) {
-    match v {
-        Val::Str(b) => {
-            let mut q = Vec::new();
-            quote(&mut q, b);
-            if json {
-                out.push(b'"');
-                for c in q {
-                    if c == b'"' || c == b'\\' {
-                        out.push(b'\\');
-                    }
-                    out.push(c);
-                }
-                out.push(b'"');
-            } else {
-                out.extend_from_slice(&q);
-            }
+    /// Bytes, quoted as ids are (in a JSON string with `-j`).
+    fn str(&mut self, k: &str, v: &[u8]) {
+        self.key(k);
+        if !self.json {
+            return quote(self.out, v);
         }
-        Val::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Val::Bool(b) => out.extend_from_slice(match (json, *b) {
-            (true, true) => b"true",
-            (true, false) => b"false",
-            (false, true) => b"yes",
-            (false, false) => b"no",
-        }),
-        Val::Null => out.extend_from_slice(if json { b"null" } else { b"none" }),
+        let mut q = Vec::new();
+        quote(&mut q, v);
+        self.out.push(b'"');
+        for c in q {
+            if c == b'"' || c == b'\\' {
+                self.out.push(b'\\');
+            }
+            self.out.push(c);
+        }
+        self.out.push(b'"');
+    }
+
+    fn num(&mut self, k: &str, n: u64) {
+        self.key(k);
+        self.out.extend_from_slice(n.to_string().as_bytes());
+    }
+
+    /// A word (printable ASCII, no quote nor backslash); `-l`'s `yes`/`no`
+    /// are JSON's `true`/`false`.
+    fn word(&mut self, k: &str, w: &str) {
+        self.key(k);
+        match (self.json, w) {
+            (true, "yes") => self.out.extend_from_slice(b"true"),
+            (true, "no") => self.out.extend_from_slice(b"false"),
+            (true, _) => {
+                self.out.push(b'"');
+                self.out.extend_from_slice(w.as_bytes());
+                self.out.push(b'"');
+            }
+            _ => self.out.extend_from_slice(w.as_bytes()),
+        }
+    }
+
+    /// Nothing: `none` (JSON `null`).
+    fn none(&mut self, k: &str) {
+        self.key(k);
+        let w: &[u8] = if self.json { b"null" } else { b"none" };
+        self.out.extend_from_slice(w);
+    }
+
+    fn addr(&mut self, k: &str, a: &Addr) {
+        match a {
+            Addr::None => self.none(k),
+            Addr::Inet(sa) => self.str(k, inet(sa).as_bytes()),
+            Addr::Path(p) => self.str(k, p),
+            Addr::Abstract(n) => self.str(k, &[b"@", &n[..]].concat()),
+            Addr::Unnamed => self.word(k, "unnamed"),
+            Addr::Other => self.word(k, "other"),
+        }
     }
 }
 
+/// `1.2.3.4:80`, `[2001:db8::1%2]:80` (the longest run of two or more
+/// zero groups as `::`; written here, smaller than `std`'s `Display`).
+fn inet(sa: &std::net::SocketAddr) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    match sa {
+        std::net::SocketAddr::V4(a) => {
+            let o = a.ip().octets();
+            let _ = write!(s, "{}.{}.{}.{}", o[0], o[1], o[2], o[3]);
+        }
+        std::net::SocketAddr::V6(a) => {
+            let g = a.ip().segments();
+            let (mut best, mut len, mut i) = (8, 1, 0);
+            while i < 8 {
+                let start = i;
+                while i < 8 && g[i] == 0 {
+                    i += 1;
+                }
+                if i - start > len {
+                    (best, len) = (start, i - start);
+                }
+                i += 1;
+            }
+            s.push('[');
+            let mut j = 0;
+            while j < 8 {
+                if j == best {
+                    s.push_str("::");
+                    j += len;
+                    continue;
+                }
+                if j > 0 && !s.ends_with(':') {
+                    s.push(':');
+                }
+                let _ = write!(s, "{:x}", g[j]);
+                j += 1;
+            }
+            if a.scope_id() != 0 {
+                let _ = write!(s, "%{}", a.scope_id());
+            }
+            s.push(']');
+        }
+    }
+    let _ = write!(s, ":{}", sa.port());
+    s
+}
+
 /// Prints one held fd: `id TAB expiry TAB kind key=value...`, or a JSON
-/// object with the same keys.
+/// object with the keys `id`, `id_hex`, `expires_in`, `kind`, `mode`,
+/// `dev`, `ino`, then the same keys.
 fn line(out: &mut Vec<u8>, h: &Held, now: fdholder::Tain, json: bool) {
     let left = h.limit.map(|l| l.duration_since(now).as_secs());
     let d = &h.description;
-    let mut f: Vec<(&str, Val)> = Vec::new();
-    if json {
-        f.push(("id", s(&h.id[..])));
-        let hex: String = h.id.iter().map(|c| format!("{c:02x}")).collect();
-        f.push(("id_hex", s(hex)));
-        f.push(("expires_in", left.map_or(Val::Null, Val::Num)));
-        f.push(("kind", s(d.kind.name())));
-        f.push(("mode", Val::Num(d.mode.into())));
-        f.push(("dev", Val::Num(d.dev)));
-        f.push(("ino", Val::Num(d.ino)));
-    } else {
+    let name = d.kind.name();
+
+    if !json {
         quote(out, &h.id);
         match left {
             Some(n) => out.extend_from_slice(format!("\t{n}s\t").as_bytes()),
             None => out.extend_from_slice(b"\tnever\t"),
         }
-        out.extend_from_slice(d.kind.name().as_bytes());
+        out.extend_from_slice(name.as_bytes());
     }
-    f.push(("flags", s(flags(d.flags))));
-    fields(&mut f, d);
-    for (i, (k, v)) in f.iter().enumerate() {
-        if json {
-            out.extend_from_slice(if i == 0 { b"{\"" } else { b",\"" });
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(b"\":");
-        } else {
-            out.push(b' ');
-            out.extend_from_slice(k.as_bytes());
-            out.push(b'=');
+    let mut l = Line {
+        out,
+        json,
+        first: true,
+    };
+    if json {
+        l.str("id", &h.id);
+        let hex: String = h.id.iter().map(|c| format!("{c:02x}")).collect();
+        l.word("id_hex", &hex);
+        match left {
+            Some(n) => l.num("expires_in", n),
+            None => l.none("expires_in"),
         }
-        put(out, v, json);
+        l.word("kind", name);
+        l.num("mode", d.mode.into());
+        l.num("dev", d.dev);
+        l.num("ino", d.ino);
+    }
+    l.word("flags", &flags(d.flags));
+    if let Some(so) = &d.socket {
+        let family = match so.family as i32 {
+            libc::AF_UNIX => "unix",
+            libc::AF_INET => "inet",
+            libc::AF_INET6 => "inet6",
+            libc::AF_NETLINK => "netlink",
+            libc::AF_PACKET => "packet",
+            _ => "",
+        };
+        let sotype = match so.sotype as i32 {
+            libc::SOCK_STREAM => "stream",
+            libc::SOCK_DGRAM => "dgram",
+            libc::SOCK_SEQPACKET => "seqpacket",
+            libc::SOCK_RAW => "raw",
+            _ => "",
+        };
+        match family {
+            "" => l.num("family", so.family.into()),
+            f => l.word("family", f),
+        }
+        match sotype {
+            "" => l.num("type", so.sotype.into()),
+            t => l.word("type", t),
+        }
+        l.word("listening", if so.listening { "yes" } else { "no" });
+        l.addr("local", &so.local);
+        l.addr("peer", &so.peer);
+    }
+    // Which fields each kind shows, in this order.
+    const INODE: u8 = 1;
+    const SIZE: u8 = 2;
+    const SEALS: u8 = 4;
+    const RDEV: u8 = 8;
+    const PATH: u8 = 16;
+    const NAME: u8 = 32;
+    let shown = match d.kind {
+        Kind::Pipe => INODE,
+        Kind::Fifo => INODE | PATH,
+        Kind::File => SIZE | PATH,
+        Kind::Directory | Kind::Other => PATH,
+        Kind::Memfd => SIZE | SEALS | NAME,
+        Kind::AnonInode => NAME,
+        Kind::CharDevice | Kind::BlockDevice => RDEV | PATH,
+        _ => 0,
+    };
+    if shown & INODE != 0 {
+        l.num("inode", d.ino);
+        let end = match d.end() {
+            End::Read => "read",
+            End::Write => "write",
+            End::Both => "both",
+            End::Neither => "neither",
+        };
+        l.word("end", end);
+    }
+    if shown & SIZE != 0 {
+        l.num("size", d.size);
+    }
+    if shown & SEALS != 0 {
+        l.word("seals", &names(d.seals, SEAL_NAMES));
+    }
+    if shown & RDEV != 0 {
+        let (maj, min) = (libc::major(d.rdev), libc::minor(d.rdev));
+        l.word("rdev", &format!("{maj}:{min}"));
+    }
+    if shown & (PATH | NAME) != 0 {
+        l.str(if shown & PATH != 0 { "path" } else { "name" }, &d.path);
     }
     out.extend_from_slice(if json { b"}\n" } else { b"\n" });
 }
 
-/// The fields particular to the kind (a path or name last).
-fn fields(f: &mut Vec<(&str, Val)>, d: &Description) {
-    match &d.kind {
-        Kind::Socket(so) => {
-            let family = match so.family as i32 {
-                libc::AF_UNIX => s("unix"),
-                libc::AF_INET => s("inet"),
-                libc::AF_INET6 => s("inet6"),
-                libc::AF_NETLINK => s("netlink"),
-                libc::AF_PACKET => s("packet"),
-                n => s(n.to_string()),
-            };
-            let sotype = match so.sotype as i32 {
-                libc::SOCK_STREAM => s("stream"),
-                libc::SOCK_DGRAM => s("dgram"),
-                libc::SOCK_SEQPACKET => s("seqpacket"),
-                libc::SOCK_RAW => s("raw"),
-                n => s(n.to_string()),
-            };
-            f.push(("family", family));
-            f.push(("type", sotype));
-            f.push(("listening", Val::Bool(so.listening)));
-            f.push(("local", addr(&so.local)));
-            f.push(("peer", addr(&so.peer)));
-        }
-        Kind::Pipe { end } | Kind::Fifo { end, .. } => {
-            f.push(("inode", Val::Num(d.ino)));
-            let end = match end {
-                End::Read => "read",
-                End::Write => "write",
-                End::Both => "both",
-                End::Neither => "neither",
-            };
-            f.push(("end", s(end)));
-            if let Kind::Fifo { path, .. } = &d.kind {
-                f.push(("path", s(&path[..])));
-            }
-        }
-        Kind::File { path, size } => {
-            f.push(("size", Val::Num(*size)));
-            f.push(("path", s(&path[..])));
-        }
-        Kind::Directory { path } | Kind::Other { path } => f.push(("path", s(&path[..]))),
-        Kind::Memfd { name, size, seals } => {
-            f.push(("size", Val::Num(*size)));
-            f.push(("seals", s(names(*seals, SEALS))));
-            f.push(("name", s(&name[..])));
-        }
-        Kind::EventFd | Kind::TimerFd | Kind::SignalFd | Kind::PidFd => {}
-        Kind::AnonInode { name } => f.push(("name", s(&name[..]))),
-        Kind::Device { rdev, path, .. } => {
-            let (maj, min) = (libc::major(*rdev), libc::minor(*rdev));
-            f.push(("rdev", s(format!("{maj}:{min}"))));
-            f.push(("path", s(&path[..])));
-        }
-    }
-}
-
-fn addr(a: &Addr) -> Val {
-    match a {
-        Addr::None => Val::Null,
-        Addr::Inet(sa) => s(sa.to_string()),
-        Addr::Path(p) => s(&p[..]),
-        Addr::Abstract(n) => {
-            let mut v = vec![b'@'];
-            v.extend_from_slice(n);
-            Val::Str(v)
-        }
-        Addr::Unnamed => s("unnamed"),
-        Addr::Other => s("other"),
-    }
-}
-
-const SEALS: &[(u32, &str)] = &[
+const SEAL_NAMES: &[(u32, &str)] = &[
     (1, "seal"),
     (2, "shrink"),
     (4, "grow"),
@@ -272,5 +348,47 @@ fn flags(fl: u32) -> String {
     match names(fl, FLAGS).as_str() {
         "none" => mode.into(),
         rest => format!("{mode},{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inet_is_std_display() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut addrs: Vec<std::net::SocketAddr> = [
+            "1.2.3.4:5",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::]:1",
+            "[::1]:80",
+            "[1::]:80",
+            "[1:0:0:2:0:0:0:3]:80",
+            "[1:0:2:0:3:0:4:0]:80",
+            "[2001:db8::1%3]:443",
+            "[fe80::1:0:0:1]:9",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Groups that are often zero, so that runs of zeros are common.
+            let g: [u16; 8] = std::array::from_fn(|i| {
+                let v = (x >> (i * 8)) as u16;
+                if v & 3 == 0 { v >> 2 } else { 0 }
+            });
+            let ip = std::net::Ipv6Addr::from(g);
+            // std writes IPv4-mapped and -compatible addresses in dotted form.
+            if ip.to_ipv4().is_some() {
+                continue;
+            }
+            addrs.push(std::net::SocketAddrV6::new(ip, x as u16, 0, (x >> 60) as u32).into());
+        }
+        for a in addrs {
+            assert_eq!(super::inet(&a), a.to_string(), "{a:?}");
+        }
     }
 }
