@@ -434,7 +434,7 @@ impl AsyncClient {
                 return Err(e);
             }
         };
-        let (chunks, total) = describe::parse_header(body, fds.len())?;
+        let (chunks, total) = client::dump_header(body, &fds)?;
         let now = Tain::now();
         let mut held = Vec::with_capacity(total.min(1 << 16));
         for _ in 0..chunks {

@@ -295,7 +295,7 @@ impl Client {
     pub fn describe(&mut self, deadline: Deadline) -> io::Result<Vec<describe::Held>> {
         self.send(vec![proto::OP_DESCRIBE], vec![], deadline)?;
         let (ans, fds) = self.recv(deadline).map_err(describe::first_answer_error)?;
-        let (chunks, total) = describe::parse_header(proto::answer_error(&ans)?, fds.len())?;
+        let (chunks, total) = dump_header(proto::answer_error(&ans)?, &fds)?;
         let now = Tain::now();
         let mut held = Vec::with_capacity(total.min(1 << 16));
         for _ in 0..chunks {

@@ -539,20 +539,6 @@ pub(crate) fn first_answer_error(e: std::io::Error) -> std::io::Error {
     }
 }
 
-/// Checks a describe answer's header (after the 0 byte; no fd) and
-/// returns (chunks, total).
-pub(crate) fn parse_header(body: &[u8], nfds: usize) -> std::io::Result<(usize, usize)> {
-    if body.len() != 8 || nfds != 0 {
-        return Err(proto::eproto());
-    }
-    let chunks = proto::be32(&body[..4]).ok_or_else(proto::eproto)? as usize;
-    let total = proto::be32(&body[4..]).ok_or_else(proto::eproto)? as usize;
-    if chunks > total || (total > 0 && chunks == 0) {
-        return Err(proto::eproto());
-    }
-    Ok((chunks, total))
-}
-
 /// Adds one chunk (no fd) to `out`, which must stay within `total`.
 pub(crate) fn take_chunk(
     out: &mut Vec<Held>,

@@ -218,7 +218,11 @@ fn line(out: &mut Vec<u8>, h: &Held, now: fdholder::Tain, json: bool) {
     };
     if json {
         l.str("id", &h.id);
-        let hex: String = h.id.iter().map(|c| format!("{c:02x}")).collect();
+        let hex: Vec<u8> = h.id.iter().flat_map(|c| [c >> 4, c & 15]).collect();
+        let hex: String = hex
+            .iter()
+            .map(|&n| b"0123456789abcdef"[n as usize] as char)
+            .collect();
         l.word("id_hex", &hex);
         match left {
             Some(n) => l.num("expires_in", n),
@@ -289,7 +293,7 @@ fn line(out: &mut Vec<u8>, h: &Held, now: fdholder::Tain, json: bool) {
         l.num("size", d.size);
     }
     if shown & SEALS != 0 {
-        l.word("seals", &names(d.seals, SEAL_NAMES));
+        l.word("seals", &names("", d.seals, SEAL_NAMES));
     }
     if shown & RDEV != 0 {
         let (maj, min) = (libc::major(d.rdev), libc::minor(d.rdev));
@@ -320,20 +324,24 @@ const FLAGS: &[(u32, &str)] = &[
     (libc::O_ASYNC as u32, "async"),
 ];
 
-/// The names of the bits of `v` in `table`, comma-separated, `none` for
-/// none; a bit named twice (`sync` includes `dsync`) is said once.
-fn names(mut v: u32, table: &[(u32, &str)]) -> String {
-    let mut n = Vec::new();
+/// The names of the bits of `v` in `table`, comma-separated after
+/// `first` (`none` when there are none at all); a bit named twice (`sync`
+/// includes `dsync`) is said once.
+fn names(first: &str, mut v: u32, table: &[(u32, &str)]) -> String {
+    let mut s = String::from(first);
     for &(bit, name) in table {
         if v & bit == bit {
-            n.push(name);
+            if !s.is_empty() {
+                s.push(',');
+            }
+            s.push_str(name);
             v &= !bit;
         }
     }
-    if n.is_empty() {
-        return "none".into();
+    if s.is_empty() {
+        s.push_str("none");
     }
-    n.join(",")
+    s
 }
 
 /// The access mode, then the other status flags: `rdwr,append`.
@@ -345,10 +353,7 @@ fn flags(fl: u32) -> String {
         End::Neither if fl & libc::O_PATH as u32 != 0 => "path",
         End::Neither => "accmode3",
     };
-    match names(fl, FLAGS).as_str() {
-        "none" => mode.into(),
-        rest => format!("{mode},{rest}"),
-    }
+    names(mode, fl, FLAGS)
 }
 
 #[cfg(test)]
