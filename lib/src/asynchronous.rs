@@ -51,6 +51,7 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::client::{self, DumpEntry, DumpEntryRef};
+use crate::describe;
 use crate::proto;
 use crate::tain::Tain;
 use crate::wire::{self, MAX_FDS, Receiver, Sender};
@@ -472,6 +473,51 @@ impl AsyncClient {
         let dump = client::dump_complete(dump, total)?;
         self.broken = false;
         Ok(dump)
+    }
+
+    /// Describes every fd held (as [`Client::describe`](crate::Client::describe)):
+    /// metadata only. Not cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// `EOPNOTSUPP` when the daemon does not know the request (skarnet's
+    /// `s6-fdholderd` closes the connection; the client is then unusable),
+    /// `EPERM` (no list right), I/O errors, `EPROTO`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(c: &mut fdholder::asynchronous::AsyncClient) -> std::io::Result<()> {
+    /// for h in c.describe().await? {
+    ///     println!("{}: {}", String::from_utf8_lossy(&h.id), h.description.kind.name());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn describe(&mut self) -> io::Result<Vec<describe::Held>> {
+        self.begin()?;
+        self.send(vec![proto::OP_DESCRIBE], vec![]).await?;
+        let (ans, fds) = self.recv().await.map_err(describe::first_answer_error)?;
+        let body = match proto::answer_error(&ans) {
+            Ok(b) => b,
+            Err(e) => {
+                // A refusal is the whole answer.
+                self.broken = false;
+                return Err(e);
+            }
+        };
+        let (chunks, total) = client::dump_header(body, &fds)?;
+        let now = Tain::now();
+        let mut held = Vec::with_capacity(total.min(1 << 16));
+        for _ in 0..chunks {
+            let (payload, fds) = self.recv().await?;
+            describe::take_chunk(&mut held, total, &payload, fds.len(), now)?;
+        }
+        if held.len() != total {
+            return Err(proto::eproto());
+        }
+        self.broken = false;
+        Ok(held)
     }
 
     /// Sends a set of fds to the daemon, which adds them to what it holds.

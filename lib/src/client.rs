@@ -54,6 +54,7 @@ use std::time::Instant;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
+use crate::describe;
 use crate::proto;
 use crate::tain::Tain;
 use crate::wire::{self, MAX_FDS, Receiver, Sender};
@@ -601,6 +602,52 @@ impl Client {
             return Err(proto::eproto());
         }
         proto::parse_list(body).ok_or_else(proto::eproto)
+    }
+
+    /// Describes every fd held: id, expiry and what the fd is (a socket and
+    /// its addresses, a pipe, a file and its path...), in storage order.
+    /// Metadata only: no fd leaves the daemon. Needs the list right.
+    ///
+    /// # Errors
+    ///
+    /// `EOPNOTSUPP` when the daemon does not know the request (it closed
+    /// the connection without answering, as skarnet's `s6-fdholderd`
+    /// does with an opcode it does not know); `EPERM` without the list
+    /// right; I/O errors; `EPROTO` for a malformed answer.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut c = fdholder::Client::connect("/run/fdholder/s", None)?;
+    /// match c.describe(None) {
+    ///     Ok(held) => {
+    ///         for h in held {
+    ///             println!("{:?}: {}", h.id, h.description.kind.name());
+    ///         }
+    ///     }
+    ///     Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
+    ///         eprintln!("an s6-fdholderd that cannot describe: fall back to list()");
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn describe(&mut self, deadline: Deadline) -> io::Result<Vec<describe::Held>> {
+        self.send(vec![proto::OP_DESCRIBE], vec![], deadline)?;
+        let (ans, fds) = self.recv(deadline).map_err(describe::first_answer_error)?;
+        let (chunks, total) = dump_header(proto::answer_error(&ans)?, &fds)?;
+        let now = Tain::now();
+        let mut held = Vec::with_capacity(total.min(1 << 16));
+        for _ in 0..chunks {
+            let (payload, fds) = self.recv(deadline)?;
+            describe::take_chunk(&mut held, total, &payload, fds.len(), now)?;
+        }
+        if held.len() != total {
+            return Err(proto::eproto());
+        }
+        Ok(held)
     }
 
     /// Gets every fd held, with ids and limits, in chunks of up to 253. The

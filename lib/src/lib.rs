@@ -8,6 +8,7 @@
 //! - [`wire`]: message framing with `SCM_RIGHTS` descriptors;
 //! - [`proto`]: requests and answers of the fd-holder protocol;
 //! - [`client`]: the client ([`Client`]);
+//! - [`describe`]: what the daemon holds, described (metadata only);
 //! - [`restart`]: zero-downtime restart helpers ([`restart::Holder`]):
 //!   a listener or a memfd from the holder, else created and stored;
 //! - [`launch`]: descriptors passed by the launcher (systemd's
@@ -94,6 +95,7 @@
 #[cfg(feature = "tokio")]
 pub mod asynchronous;
 pub mod client;
+pub mod describe;
 pub mod launch;
 pub mod proto;
 pub mod restart;

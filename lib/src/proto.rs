@@ -141,6 +141,10 @@ pub const OP_SETDUMP: u8 = b'!';
 /// assert_eq!(entries[0].1.to_bytes(), b"a");
 /// ```
 pub const OP_SETDUMP_CHUNK: u8 = b'.';
+/// Opcode of a describe request (this suite's; no body, needs the list
+/// right; the answer is in [`crate::describe`]). Upstream s6 (up to 2.15)
+/// uses only `SDRL?!.` and drops a client sending another opcode.
+pub const OP_DESCRIBE: u8 = b'I';
 
 /// Size of one dump entry with an id of `idlen` bytes: the packed limit,
 /// the length byte, the id and its NUL.
@@ -238,6 +242,8 @@ pub enum Request<'a> {
     },
     /// List the ids held.
     List,
+    /// Describe every fd held ([`crate::describe`]).
+    Describe,
     /// Send every fd held, with ids and limits.
     GetDump,
     /// Announce a dump of `total` fds, sent in chunks.
@@ -400,6 +406,7 @@ pub fn parse_request(payload: &[u8], nfds: usize) -> Option<Request<'_>> {
         }
         OP_LIST => (nfds == 0 && body.is_empty()).then_some(Request::List)?,
         OP_GETDUMP => (nfds == 0 && body.is_empty()).then_some(Request::GetDump)?,
+        OP_DESCRIBE => (nfds == 0 && body.is_empty()).then_some(Request::Describe)?,
         OP_SETDUMP => {
             let total = u32::from_be_bytes(*<&[u8; 4]>::try_from(body).ok()?);
             (nfds == 0).then_some(Request::SetDump { total })?
@@ -686,6 +693,9 @@ mod tests {
         );
         assert_eq!(parse_request(b"L", 0), Some(Request::List));
         assert_eq!(parse_request(b"?", 0), Some(Request::GetDump));
+        assert_eq!(parse_request(b"I", 0), Some(Request::Describe));
+        assert_eq!(parse_request(b"Ix", 0), None);
+        assert_eq!(parse_request(b"I", 1), None);
         assert_eq!(
             parse_request(&setdump(300), 0),
             Some(Request::SetDump { total: 300 })

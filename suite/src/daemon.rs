@@ -1091,6 +1091,7 @@ fn handle_request(
         Request::Delete { id } => do_delete(st, store, cfg, id),
         Request::Retrieve { id, delete } => do_retrieve(st, store, cfg, id, delete),
         Request::List => do_list(st, store, cfg),
+        Request::Describe => do_describe(st, store, cfg),
         Request::GetDump => do_getdump(st, store, cfg),
         Request::SetDump { total } => do_setdump(st, store, cfg, total),
         Request::SetDumpChunk { entries } => do_setdump_chunk(st, store, cfg, entries, fds)?,
@@ -1158,6 +1159,20 @@ fn do_list(st: &mut ConnState, store: &Store, cfg: &Config) {
     }
     let ids: Vec<&[u8]> = store.iter().map(|h| &h.id[..]).collect();
     st.answer(proto::list_answer(ids.into_iter()), Vec::new(), cfg);
+}
+
+/// Describe: what each fd is, in storage order (needs the list right).
+fn do_describe(st: &mut ConnState, store: &Store, cfg: &Config) {
+    if !st.rights.list {
+        return st.status(libc::EPERM, cfg);
+    }
+    let held: Vec<_> = store
+        .iter()
+        .map(|h| (h.limit, &h.id[..], h.fd.as_fd()))
+        .collect();
+    for m in crate::describe::answer(held.into_iter()) {
+        st.answer(m, Vec::new(), cfg);
+    }
 }
 
 /// Getdump: every fd with its id and limit, in storage order.

@@ -8,6 +8,7 @@
 //!   `execve`, the C `main`);
 //! - [`rules`]: access rules (directory or cdb), by peer uid/gid;
 //! - [`daemon`]: the core of `s6-fdholderd`;
+//! - [`describe`]: what a held descriptor is (the describe request);
 //! - [`cli`]: what every program shares (arguments, getopt, messages, exit
 //!   codes, exec);
 //! - [`sd`]: systemd's protocols (held ids as systemd's fd names);
@@ -21,6 +22,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod describe;
 pub mod multicall;
 pub mod progs;
 pub mod rules;

@@ -411,3 +411,35 @@ fn marked_store_against_the_reference_is_eopnotsupp() {
         assert_eq!(bounded(c.list()).await.unwrap(), Vec::<Vec<u8>>::new());
     });
 }
+
+#[test]
+fn describe_as_the_blocking_client() {
+    let rt = runtime();
+    for which in impls() {
+        let d = Daemon::start(which);
+        let dir = tmpdir("async-describe");
+        let f = common::file_with(&dir, "f", b"content");
+        let l = UnixListener::bind(dir.join("l.sock")).unwrap();
+        let mut c = d.client();
+        c.store(f.as_fd(), b"file", None, None).unwrap();
+        c.store(l.as_fd(), b"listener", None, None).unwrap();
+        let blocking = c.describe(None);
+        let sock = d.sock.clone();
+        rt.block_on(async {
+            let mut a = bounded(AsyncClient::connect(&sock)).await.unwrap();
+            let got = bounded(a.describe()).await;
+            match which {
+                Impl::Ours => {
+                    let got = got.unwrap();
+                    assert_eq!(got, blocking.unwrap());
+                    assert_eq!(got.len(), 2);
+                    assert_eq!(got[1].description.kind.name(), "socket");
+                }
+                Impl::Reference => {
+                    assert_eq!(errno(&got.unwrap_err()), Some(libc::EOPNOTSUPP));
+                    assert_eq!(errno(&blocking.unwrap_err()), Some(libc::EOPNOTSUPP));
+                }
+            }
+        });
+    }
+}

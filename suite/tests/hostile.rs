@@ -943,3 +943,37 @@ fn concurrent_hostile_and_valid_clients() {
     assert_eq!(d.wait_fds(base), base);
     assert!(d.terminate().is_some());
 }
+
+// The describe request (this suite's `I`): no body, no fd; anything else
+// is dropped like any malformed request (the reference drops every `I`).
+
+#[test]
+fn describe_is_answered_and_leaks_nothing() {
+    // Ours only: the reference drops it (tests/describe.rs).
+    run_on(
+        Impl::Ours,
+        &[],
+        &[
+            step(msg(b"I", 0), 0, Want::AnyMessage),
+            step(msg(b"L", 0), 0, Want::AnyMessage),
+        ],
+    );
+}
+
+#[test]
+fn describe_with_a_body() {
+    run_case(vec![step(msg(b"Ix", 0), 0, Want::Dropped)]);
+}
+
+#[test]
+fn describe_with_an_fd() {
+    run_case(vec![step(msg(b"I", 1), 1, Want::Dropped)]);
+}
+
+#[test]
+fn describe_during_a_setdump() {
+    run_case(vec![
+        step(msg(&proto::setdump(1), 0), 0, Want::Answer(0)),
+        step(msg(b"I", 0), 0, Want::Dropped),
+    ]);
+}

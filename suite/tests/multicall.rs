@@ -110,7 +110,7 @@ fn install_makes_links_and_replaces_only_links() {
     assert_eq!(o.status.code(), Some(100));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),
-        "s6-fdholder-list: usage: s6-fdholder-list [ -t timeout ] socket\n"
+        "s6-fdholder-list: usage: s6-fdholder-list [ -t timeout ] [ -l | -j ] socket\n"
     );
     // Next to the binary: relative links; a stale link is replaced, a file
     // that is not a link is left alone (exit 1, a warning for it).
@@ -172,7 +172,8 @@ fn program_as_first_argument() {
         (
             Some(100),
             String::new(),
-            "s6-fdholder-list: usage: s6-fdholder-list [ -t timeout ] socket\n".to_string()
+            "s6-fdholder-list: usage: s6-fdholder-list [ -t timeout ] [ -l | -j ] socket\n"
+                .to_string()
         )
     );
 }

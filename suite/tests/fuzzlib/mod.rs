@@ -31,6 +31,7 @@ pub fn check_parse(payload: &[u8], nfds: usize) -> bool {
         Request::Retrieve { id, delete } => (proto::retrieve(id.to_bytes(), *delete), 0),
         Request::List => (vec![proto::OP_LIST], 0),
         Request::GetDump => (vec![proto::OP_GETDUMP], 0),
+        Request::Describe => (vec![proto::OP_DESCRIBE], 0),
         Request::SetDump { total } => (proto::setdump(*total), 0),
         Request::SetDumpChunk { entries } => {
             let mut b = vec![proto::OP_SETDUMP_CHUNK];
