@@ -206,7 +206,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of a wire byte.
+    /// The kind of a wire byte: `None` for a byte that names no kind.
     ///
     /// # Example
     ///
@@ -314,6 +314,14 @@ pub enum Addr {
 
 /// The most bytes of entries the daemon puts in one chunk of a describe
 /// answer (a chunk holds at least one entry, whatever its size).
+///
+/// # Example
+///
+/// ```
+/// use fdholder::describe::CHUNK_BYTES;
+/// // A chunk fits in one message of the wire format.
+/// assert!(CHUNK_BYTES < fdholder::wire::MAX_LEN);
+/// ```
 pub const CHUNK_BYTES: usize = 1 << 16;
 
 // Address tags on the wire.

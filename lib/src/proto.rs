@@ -144,6 +144,14 @@ pub const OP_SETDUMP_CHUNK: u8 = b'.';
 /// Opcode of a describe request (this suite's; no body, needs the list
 /// right; the answer is in [`crate::describe`]). Upstream s6 (up to 2.15)
 /// uses only `SDRL?!.` and drops a client sending another opcode.
+///
+/// # Example
+///
+/// ```
+/// use fdholder::proto::{self, OP_DESCRIBE, Request};
+/// assert_eq!(OP_DESCRIBE, b'I');
+/// assert_eq!(proto::parse_request(&[OP_DESCRIBE], 0), Some(Request::Describe));
+/// ```
 pub const OP_DESCRIBE: u8 = b'I';
 
 /// Size of one dump entry with an id of `idlen` bytes: the packed limit,
