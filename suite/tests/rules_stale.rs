@@ -422,6 +422,13 @@ fn no_statfs_on_the_accept_path() {
     assert_eq!(probe(&d.sock), "refused");
     rule(&rules, &me(), false, Some("^b"));
     assert_eq!(probe(&d.sock), "b");
+    // The daemon is strace's child: killing strace would leave it running
+    // (detached), and the trace unfinished. It is told to stop, and strace
+    // then ends with it.
+    let mut d = d;
+    let daemon = traced_child(d.child.id());
+    rustix::process::kill_process(daemon, rustix::process::Signal::TERM).unwrap();
+    common::wait_timeout(&mut d.child, Duration::from_secs(10));
     drop(d);
     let text = std::fs::read_to_string(&trace).unwrap();
     let ready = text
@@ -434,6 +441,172 @@ fn no_statfs_on_the_accept_path() {
         .filter(|l| l.contains("statfs"))
         .collect();
     assert!(after.is_empty(), "statfs calls after start-up: {after:#?}");
+}
+
+/// A FUSE server on `/dev/fuse` (python3 and ctypes, no library): it
+/// mounts on `argv[1]` a rules directory allowing `uid/<argv[2]>` with
+/// `S6_FDHOLDER_LIST`, answers lookups, attributes, opens, reads and
+/// directory reads, and never answers `statfs`.
+const PY_FUSE: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def check(r, what):
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, what + ': ' + os.strerror(e))
+    return r
+mnt = sys.argv[1]
+uid = sys.argv[2]
+S_IFDIR, S_IFREG = 0o040000, 0o100000
+# nodeid: (mode, content or children {name: nodeid})
+nodes = {
+    1: (S_IFDIR | 0o755, {b'uid': 2}),
+    2: (S_IFDIR | 0o755, {uid.encode(): 3}),
+    3: (S_IFDIR | 0o755, {b'allow': 4, b'env': 5}),
+    4: (S_IFREG | 0o644, b''),
+    5: (S_IFDIR | 0o755, {b'S6_FDHOLDER_LIST': 6}),
+    6: (S_IFREG | 0o644, b'\n'),
+}
+fd = check(os.open('/dev/fuse', os.O_RDWR), 'open /dev/fuse')
+opts = 'fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions' % fd
+check(libc.mount(b'fdholdertest', mnt.encode(), b'fuse', ctypes.c_ulong(6), opts.encode()), 'mount')
+print('ready', flush=True)
+def attr(n):
+    mode, c = nodes[n]
+    size = 0 if mode & S_IFDIR else len(c)
+    return struct.pack('=QQQQQQIIIIIIIIII', n, size, 0, 0, 0, 0, 0, 0, 0,
+                       mode, 2 if mode & S_IFDIR else 1, 0, 0, 0, 4096, 0)
+def reply(unique, err=0, data=b''):
+    os.write(fd, struct.pack('=IiQ', 16 + len(data), -err, unique) + data)
+while True:
+    try:
+        req = os.read(fd, 1 << 20)
+    except OSError as e:
+        if e.errno == 19:  # ENODEV: unmounted
+            break
+        if e.errno in (2, 4, 11):  # ENOENT: request gone
+            continue
+        raise
+    length, op, unique, node = struct.unpack_from('=IIQQ', req)
+    body = req[40:length]
+    if op == 26:  # INIT
+        major, minor, ra, flags = struct.unpack_from('=IIII', body)
+        out = struct.pack('=IIIIHHIIHHII', 7, min(minor, 31), ra, 0, 16, 12, 4096, 1, 32, 0, 0, 0)
+        reply(unique, 0, out.ljust(64, b'\0'))
+    elif op == 1:  # LOOKUP
+        name = body.split(b'\0')[0]
+        mode, c = nodes[node]
+        child = c.get(name) if mode & S_IFDIR else None
+        if child is None:
+            reply(unique, 2)
+        else:
+            reply(unique, 0, struct.pack('=QQQQII', child, 0, 0, 0, 0, 0) + attr(child))
+    elif op == 3:  # GETATTR
+        reply(unique, 0, struct.pack('=QII', 0, 0, 0) + attr(node))
+    elif op in (14, 27):  # OPEN, OPENDIR
+        reply(unique, 0, struct.pack('=QII', 0, 0, 0))
+    elif op == 15:  # READ
+        fh, off, size = struct.unpack_from('=QQI', body)
+        reply(unique, 0, nodes[node][1][off:off + size])
+    elif op == 28:  # READDIR
+        fh, off, size = struct.unpack_from('=QQI', body)
+        out = b''
+        for i, (name, child) in enumerate(nodes[node][1].items()):
+            if i < off:
+                continue
+            kind = 4 if nodes[child][0] & S_IFDIR else 8
+            ent = struct.pack('=QQII', child, i + 1, len(name), kind) + name
+            ent = ent.ljust((len(ent) + 7) // 8 * 8, b'\0')
+            if len(out) + len(ent) > size:
+                break
+            out += ent
+        reply(unique, 0, out)
+    elif op == 17:  # STATFS: never answered
+        pass
+    elif op in (2, 42, 36):  # FORGET, BATCH_FORGET, INTERRUPT: no answer
+        pass
+    elif op in (18, 29, 25, 34):  # RELEASE, RELEASEDIR, FLUSH, ACCESS
+        reply(unique)
+    elif op == 38:  # DESTROY
+        reply(unique)
+        break
+    else:
+        reply(unique, 38)  # ENOSYS
+"#;
+
+/// The FUSE server, in a mount namespace of its own (so that no other
+/// process on the machine meets its `statfs` that never answers), and the
+/// daemon, started in that namespace. Dropped server first: a daemon
+/// waiting for an answer cannot die until the server is gone.
+struct FuseCase {
+    server: Child,
+    daemon: Option<Daemon>,
+}
+
+impl Drop for FuseCase {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        drop(self.daemon.take());
+    }
+}
+
+/// Issue 12, item 4: a rules directory on a FUSE mount whose `statfs`
+/// never answers (reads do). The reference never calls `statfs` and
+/// serves; ours must serve too.
+#[test]
+fn a_rules_dir_on_fuse_whose_statfs_never_answers_is_served() {
+    if !is_root("mounting a FUSE filesystem") {
+        return;
+    }
+    let uid = rustix::process::geteuid().as_raw().to_string();
+    for which in impls() {
+        let dir = common::tmpdir("fuse");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut server = Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "/usr/bin/python3",
+                "-c",
+                PY_FUSE,
+            ])
+            .arg(&mnt)
+            .arg(&uid)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux) is needed");
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut case = FuseCase {
+            server,
+            daemon: None,
+        };
+        assert_eq!(line, "ready\n", "the FUSE server did not mount");
+        let ns = format!("--mount=/proc/{}/ns/mnt", case.server.id());
+        let d = case.daemon.insert(Daemon::start_with(
+            which,
+            Opts {
+                rules: Some(("-i", mnt.clone())),
+                wrap: &["nsenter", &ns, "--"],
+                ..Opts::default()
+            },
+        ));
+        assert_eq!(probe(&d.sock), "list", "{which:?}");
+        assert_eq!(probe(&d.sock), "list", "{which:?}: again");
+        drop(case);
+    }
+}
+
+/// The one child of process `pid` (a tracer's tracee).
+fn traced_child(pid: u32) -> rustix::process::Pid {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let kid: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    rustix::process::Pid::from_raw(kid).unwrap()
 }
 
 // The edits a user makes with ordinary tools: each acts on the very next
