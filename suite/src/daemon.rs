@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rustix::event::epoll;
 use rustix::net::SocketFlags;
 
-use crate::rules::{CdbOpenError, CdbRules, Decision, DirRules, Rules};
+use crate::rules::{CdbOpenError, CdbRules, Decision, Rules};
 use crate::sys::{self, Regex};
 use fdholder::proto::{self, OnHangup, Request};
 use fdholder::tain::Tain;
@@ -47,20 +47,6 @@ const CLIENT_FDS: u64 = 2;
 /// The daemon's own descriptors when they cannot be counted (no
 /// `/proc/self/fd`): 0 and 2, epoll and signalfd, as the reference assumes.
 const OWN_FDS_ASSUMED: u64 = 4;
-
-/// Descriptors that must stay free, beyond the daemon's own, held fds and
-/// connections, for the rules directory cache to stay open: a whole
-/// setdump chunk ([`MAX_FDS`]) arriving at once, the cache's two and the
-/// few a fill opens, with room to spare.
-/// Nearer the limit the cache is closed and every lookup reads the
-/// directory by path, one descriptor at a time, as before: the cache never
-/// takes a descriptor a client needs.
-const RULES_CACHE_FD_HEADROOM: u64 = MAX_FDS as u64 + 16;
-
-/// How much more room it takes to open the cache again: a count hovering
-/// at the threshold must not open and close it at every loop (closing an
-/// inotify instance takes milliseconds).
-const RULES_CACHE_FD_HYSTERESIS: u64 = 64;
 
 /// Where the access rules are.
 #[derive(Debug, Clone)]
@@ -486,7 +472,7 @@ struct Daemon<'a> {
     fd_limit: Option<u64>,
     /// The daemon's own descriptors below that limit: those it was given
     /// (0, 2 and any other inherited) and those it opened to run (epoll,
-    /// signalfd); not the rules cache's. Counted before it serves.
+    /// signalfd). Counted before it serves.
     own_fds: u64,
 }
 
@@ -507,6 +493,11 @@ fn open_fds_below(limit: u64) -> Option<u64> {
     Some(n.saturating_sub(1))
 }
 
+/// Whether descriptor 1 is open (`-1` closes it once ready).
+fn stdout_is_open() -> bool {
+    rustix::io::fcntl_getfd(io::stdout().as_fd()).is_ok()
+}
+
 fn err(e: rustix::io::Errno) -> io::Error {
     e.into()
 }
@@ -514,7 +505,7 @@ fn err(e: rustix::io::Errno) -> io::Error {
 /// Opens the rules `cfg` names (the cdb is mapped now).
 pub fn open_rules(cfg: &RulesConfig) -> io::Result<Rules> {
     Ok(match cfg {
-        RulesConfig::Dir(d) => Rules::Dir(Box::new(DirRules::new(d.clone()))),
+        RulesConfig::Dir(d) => Rules::Dir(d.clone()),
         RulesConfig::Cdb(f) => Rules::Cdb(CdbRules::open(f)?),
     })
 }
@@ -570,16 +561,14 @@ pub fn run(
         fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
         own_fds: OWN_FDS_ASSUMED,
     };
-    // The rules cache's descriptors, if any, are opened now: the daemon's
-    // own descriptors are all open before it says it is ready. Whether
-    // there is room for them is judged from what is open now (stdout
-    // included, with -1, until `ready` closes it).
-    if let Some(open) = d.fd_limit.and_then(open_fds_below) {
-        d.own_fds = open;
-    }
-    d.fit_rules_cache();
+    // The daemon's descriptors are counted before it says it is ready:
+    // none is opened after (whoever counts them once it is ready sees them
+    // settled). Stdout, if `ready` closes it, is then not counted.
+    let counted = d.fd_limit.map(open_fds_below);
+    let stdout_open = stdout_is_open();
     ready();
-    d.settle_fd_budget();
+    let closed = u64::from(stdout_open && !stdout_is_open());
+    d.settle_fd_budget(counted.map(|n| n.map(|n| n.saturating_sub(closed))));
     d.main_loop()
 }
 
@@ -622,7 +611,6 @@ impl Daemon<'_> {
             self.store.expire(Tain::now(), self.log);
             self.drop_late_clients();
             self.update_listener();
-            self.fit_rules_cache();
         }
         Ok((!self.store.is_empty()) as i32 | ((self.nconns > 0) as i32) << 1)
     }
@@ -777,17 +765,18 @@ impl Daemon<'_> {
         self.update_listener();
     }
 
-    /// Counts the daemon's own descriptors, once they are all open and
-    /// stdout is closed, and lowers `-n` to the room the descriptor limit
-    /// leaves for held fds: the limit, less those, less [`CLIENT_FDS`].
-    /// Counted, not assumed: descriptors the daemon was given beyond 0, 1
-    /// and 2 take room too.
-    fn settle_fd_budget(&mut self) {
-        let Some(limit) = self.fd_limit else {
+    /// Lowers `-n` to the room the descriptor limit leaves for held fds:
+    /// the limit, less the daemon's own descriptors (`counted` once they
+    /// are all open and stdout is closed; `None` without a limit, `Some(None)`
+    /// if they could not be counted), less [`CLIENT_FDS`]. Counted, not
+    /// assumed: descriptors the daemon was given beyond 0, 1 and 2 take
+    /// room too.
+    fn settle_fd_budget(&mut self, counted: Option<Option<u64>>) {
+        let (Some(limit), Some(counted)) = (self.fd_limit, counted) else {
             return; // unlimited: -n as given
         };
-        match open_fds_below(limit) {
-            Some(open) => self.own_fds = open.saturating_sub(self.rules.cache_fds()),
+        match counted {
+            Some(open) => self.own_fds = open,
             None => {
                 self.own_fds = OWN_FDS_ASSUMED;
                 self.log.warn(format_args!(
@@ -802,21 +791,6 @@ impl Daemon<'_> {
                 "{} descriptors open for a limit of {limit}: no room to hold any, every store is refused",
                 self.own_fds
             ));
-        }
-    }
-
-    /// Allows the rules directory cache only while descriptors are
-    /// plentiful (see [`RULES_CACHE_FD_HEADROOM`]); forbidding it closes
-    /// its descriptors at once, allowing it opens them.
-    fn fit_rules_cache(&mut self) {
-        if let Rules::Dir(d) = &mut self.rules {
-            let used = self.own_fds + (self.store.len() + self.nconns) as u64;
-            let need = if d.caching() {
-                RULES_CACHE_FD_HEADROOM
-            } else {
-                RULES_CACHE_FD_HEADROOM + RULES_CACHE_FD_HYSTERESIS
-            };
-            d.set_caching(self.fd_limit.is_none_or(|lim| used + need <= lim));
         }
     }
 

@@ -1,6 +1,6 @@
 //! Access rules, as s6's `accessrules` library reads them: a rules directory
-//! (whose edits act on the very next lookup; [`DirRules`] keeps decisions
-//! until the kernel reports a change) or a rules cdb.
+//! (read by path at every lookup, as the reference reads it, so that any
+//! change acts on the very next lookup) or a rules cdb.
 //!
 //! A connection is judged from its peer's uid and gid. Keys are tried in
 //! this order, the first one present decides: `uid/self` (only if the peer
@@ -10,21 +10,19 @@
 //! Each format is written once: the rules directory's (what a key's files
 //! mean, the environment directory's rules, the keys a directory holds) in
 //! `rules/dir.rs`, whose items are re-exported here and serve the lookup by
-//! path, the cache and `s6-accessrules-cdb-from-fs`; the cdb's (the file's
+//! path and `s6-accessrules-cdb-from-fs`; the cdb's (the file's
 //! structure, a record's value) in [`cdb`], which serves the daemon's
 //! `-x`, `s6-accessrules-cdb-from-fs` and `s6-accessrules-fs-from-cdb`.
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-mod cache;
 pub mod cdb;
 mod dir;
-pub use cache::{CacheStats, DirRules, LOCAL_FS};
 pub use dir::{
-    ENV_DIR, EXEC_FILE, Key, KeyFiles, Keys, KeysError, Mark, lookup_dir, read_env_files,
-    read_envdir, read_exec, read_key,
+    ENV_DIR, EXEC_FILE, Key, KeyFiles, Keys, KeysError, Mark, lookup_dir, lookup_dir_in,
+    read_env_files, read_envdir, read_exec, read_key,
 };
 
 /// Most bytes of a rule's `exec` string: what is read of an `exec` file,
@@ -81,9 +79,10 @@ pub enum Decision {
 /// Where the rules come from.
 #[derive(Debug)]
 pub enum Rules {
-    /// A rules directory: edits act on the very next lookup (read at every
-    /// lookup, or kept until the kernel reports a change: see [`DirRules`]).
-    Dir(Box<DirRules>),
+    /// A rules directory, read by path at every lookup ([`lookup_dir`]):
+    /// nothing of it is kept, so a change made any way at all (even one no
+    /// inotify event or metadata reports) acts on the very next lookup.
+    Dir(PathBuf),
     /// A rules cdb, as mapped when opened (reopen to see a new file).
     Cdb(CdbRules),
     /// A rules file read on SIGHUP that is not a valid cdb: installed all
@@ -158,26 +157,17 @@ fn read_cdb_file(path: &Path) -> Result<Vec<u8>, CdbOpenError> {
 }
 
 impl Rules {
-    /// Descriptors these rules keep open: the rules directory cache's, if
-    /// it is open; none for a cdb (read whole when opened).
-    pub fn cache_fds(&self) -> u64 {
-        match self {
-            Rules::Dir(d) => d.open_fds(),
-            Rules::Cdb(_) | Rules::RefuseAll(_) => 0,
-        }
-    }
-
     /// Looks up one key (`uid/0`, `gid/default`, ...).
     pub fn lookup(&self, key: &str) -> io::Result<Decision> {
         match self {
-            Rules::Dir(dir) => dir.lookup_uncached(key),
+            Rules::Dir(dir) => lookup_dir(dir, key),
             Rules::Cdb(c) => c.lookup(key),
             Rules::RefuseAll(e) => Err((*e).into()),
         }
     }
 
     /// Judges a peer by uid and gid, against this process's euid and egid.
-    pub fn check_uidgid(&mut self, uid: u32, gid: u32) -> io::Result<Decision> {
+    pub fn check_uidgid(&self, uid: u32, gid: u32) -> io::Result<Decision> {
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
         self.check_uidgid_as(uid, gid, euid, egid)
@@ -186,14 +176,17 @@ impl Rules {
     /// [`Rules::check_uidgid`] with this process's euid and egid given
     /// (the daemon reads them once: they never change while it runs).
     pub fn check_uidgid_as(
-        &mut self,
+        &self,
         uid: u32,
         gid: u32,
         euid: u32,
         egid: u32,
     ) -> io::Result<Decision> {
         match self {
-            Rules::Dir(d) => d.check_uidgid_as(uid, gid, euid, egid),
+            Rules::Dir(d) => {
+                let mut buf = Vec::new();
+                check_uidgid_with(|k| lookup_dir_in(&mut buf, d, k), uid, gid, euid, egid)
+            }
             Rules::Cdb(c) => check_uidgid_with(|k| c.lookup(k), uid, gid, euid, egid),
             Rules::RefuseAll(e) => Err((*e).into()),
         }
@@ -209,13 +202,12 @@ pub fn check_uidgid_with(
     euid: u32,
     egid: u32,
 ) -> io::Result<Decision> {
-    let uid_key = format!("uid/{uid}");
-    let gid_key = format!("gid/{gid}");
+    let (mut uid_buf, mut gid_buf) = ([0; KEY_MAX], [0; KEY_MAX]);
     let keys = [
         (uid == euid).then_some("uid/self"),
-        Some(uid_key.as_str()),
+        Some(numbered_key(&mut uid_buf, "uid/", uid)),
         (gid == egid).then_some("gid/self"),
-        Some(gid_key.as_str()),
+        Some(numbered_key(&mut gid_buf, "gid/", gid)),
         Some("uid/default"),
     ];
     for key in keys.into_iter().flatten() {
@@ -227,12 +219,43 @@ pub fn check_uidgid_with(
     Ok(Decision::NotFound)
 }
 
+/// Room for the longest numbered key, `uid/4294967295`.
+const KEY_MAX: usize = 16;
+
+/// `class` followed by `n` in decimal, written in `buf` (no allocation).
+fn numbered_key<'a>(buf: &'a mut [u8; KEY_MAX], class: &str, n: u32) -> &'a str {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = class.len() + digits.len() - i;
+    buf[..class.len()].copy_from_slice(class.as_bytes());
+    buf[class.len()..len].copy_from_slice(&digits[i..]);
+    // ASCII only: the class given and the digits.
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn allow() -> Decision {
         Decision::Allow(Params::default())
+    }
+
+    #[test]
+    fn numbered_keys() {
+        let mut buf = [0; KEY_MAX];
+        for n in [0, 7, 10, 65534, u32::MAX] {
+            assert_eq!(numbered_key(&mut buf, "uid/", n), format!("uid/{n}"));
+        }
     }
 
     #[test]

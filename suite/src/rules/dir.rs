@@ -1,5 +1,5 @@
 //! The rules directory format, in one place: what the daemon's lookup by
-//! path ([`lookup_dir`]), the rules cache (`cache.rs`, by descriptor) and
+//! path ([`lookup_dir`], for every connection) and
 //! `s6-accessrules-cdb-from-fs` read, and what
 //! `s6-accessrules-fs-from-cdb` writes.
 //!
@@ -20,9 +20,12 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, ReadDir};
 use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use rustix::fs::RawDir;
 
 use super::{Decision, EXEC_MAX, EnvVar, Params};
 
@@ -185,21 +188,38 @@ fn open_nonblocking(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Reads an environment directory by path, with the envdir rules of the
-/// module docs. The names are read first, so that the directory is closed
-/// before files are opened (the daemon may be one descriptor away from its
-/// limit); a file that vanishes between the two is `EIDRM`, as the
-/// reference's.
-pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
-    let names = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name().into_vec()))
-        .collect::<io::Result<Vec<_>>>()?;
-    let mut path = Vec::with_capacity(dir.as_os_str().len() + 1 + 256);
-    push_component(&mut path, dir.as_os_str().as_bytes());
+/// The names in the directory `fd`, in directory order, without those the
+/// envdir rules skip (`.`, `..` and the other hidden names, names with
+/// `=`). Read with `getdents64` straight into a buffer on the stack: no
+/// `fstat` first (as `opendir` does), no allocation but the names kept.
+fn env_names(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 8192];
+    let mut dir = RawDir::new(fd, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = dir.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if !skipped_env_name(name) {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Reads the environment directory whose path `path` holds (and holds
+/// again on return: names are appended to it, then cut off), with the
+/// envdir rules of the module docs. The names are read first, so that the
+/// directory is closed before files are opened (the daemon may be one
+/// descriptor away from its limit); a file that vanishes between the two
+/// is `EIDRM`, as the reference's.
+fn read_envdir_in(path: &mut Vec<u8>) -> io::Result<Vec<EnvVar>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let names = env_names(&rustix::fs::open(as_path(path), flags, Mode::empty())?)?;
     let base = path.len();
-    read_env_files(names, |name| {
-        push_component(&mut path, name);
-        let f = open_nonblocking(as_path(&path));
+    let env = read_env_files(names, |name| {
+        push_component(path, name);
+        let f = open_nonblocking(as_path(path));
         path.truncate(base);
         f.map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -208,7 +228,17 @@ pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
                 e
             }
         })
-    })
+    });
+    path.truncate(base);
+    env
+}
+
+/// Reads an environment directory by path, with the envdir rules of the
+/// module docs (see [`read_envdir_in`]).
+pub fn read_envdir(dir: &Path) -> io::Result<Vec<EnvVar>> {
+    let mut path = Vec::with_capacity(dir.as_os_str().len() + 1 + 256);
+    path.extend_from_slice(dir.as_os_str().as_bytes());
+    read_envdir_in(&mut path)
 }
 
 fn readable(path: &Path) -> io::Result<bool> {
@@ -223,20 +253,21 @@ fn readable(path: &Path) -> io::Result<bool> {
 /// `s6_accessrules_backend_fs` reads them: `allow` and `deny` must be
 /// readable (`access(R_OK)`), a missing or unreadable `exec` is none, every
 /// other error is an error. One buffer serves every path below `DIR/key`
-/// (a component appended, then cut back): `join` would allocate, then
-/// reallocate, each time.
-struct KeyPath {
-    path: Vec<u8>,
+/// (a component appended, then cut back), and every key of a lookup:
+/// `join` would allocate, then reallocate, each time.
+struct KeyPath<'a> {
+    path: &'a mut Vec<u8>,
     /// The length of `DIR/key` in `path`.
     base: usize,
 }
 
-impl KeyPath {
-    /// `DIR/key`, as the reference builds it: `DIR`, a slash, `key`,
-    /// whatever `DIR` is. So an empty `DIR` (`-i ''`) is the root, `/key`,
-    /// never a path relative to the working directory.
-    fn new(dir: &Path, key: &str) -> KeyPath {
-        let mut path = Vec::with_capacity(dir.as_os_str().len() + key.len() + 8);
+impl KeyPath<'_> {
+    /// `DIR/key` in `path` (what it held is dropped), as the reference
+    /// builds it: `DIR`, a slash, `key`, whatever `DIR` is. So an empty
+    /// `DIR` (`-i ''`) is the root, `/key`, never a path relative to the
+    /// working directory.
+    fn new<'a>(path: &'a mut Vec<u8>, dir: &Path, key: &str) -> KeyPath<'a> {
+        path.clear();
         path.extend_from_slice(dir.as_os_str().as_bytes());
         path.push(b'/');
         path.extend_from_slice(key.as_bytes());
@@ -244,15 +275,20 @@ impl KeyPath {
         KeyPath { path, base }
     }
 
+    /// `DIR/key/name`, left in the buffer.
+    fn set_file(&mut self, name: &str) {
+        self.path.truncate(self.base);
+        push_component(self.path, name.as_bytes());
+    }
+
     /// `DIR/key/name`.
     fn file(&mut self, name: &str) -> &Path {
-        self.path.truncate(self.base);
-        push_component(&mut self.path, name.as_bytes());
-        as_path(&self.path)
+        self.set_file(name);
+        as_path(self.path)
     }
 }
 
-impl KeyFiles for KeyPath {
+impl KeyFiles for KeyPath<'_> {
     type Error = io::Error;
 
     fn present(&mut self, mark: Mark) -> io::Result<bool> {
@@ -260,7 +296,8 @@ impl KeyFiles for KeyPath {
     }
 
     fn env(&mut self) -> io::Result<Vec<EnvVar>> {
-        match read_envdir(self.file(ENV_DIR)) {
+        self.set_file(ENV_DIR);
+        match read_envdir_in(self.path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             r => r,
         }
@@ -281,9 +318,15 @@ impl KeyFiles for KeyPath {
 /// `s6_accessrules_backend_fs` does: `allow` and `deny` count if readable
 /// (`access(R_OK)`), `exec` is opened without blocking (a FIFO reads as
 /// empty) and is none if missing or unreadable; every other error is an
-/// error.
+/// error. Nothing is kept from one lookup to the next.
 pub fn lookup_dir(dir: &Path, key: &str) -> io::Result<Decision> {
-    read_key(&mut KeyPath::new(dir, key))
+    lookup_dir_in(&mut Vec::new(), dir, key)
+}
+
+/// [`lookup_dir`], building its paths in `buf` (whatever it holds is
+/// dropped): the keys of one connection share one buffer.
+pub fn lookup_dir_in(buf: &mut Vec<u8>, dir: &Path, key: &str) -> io::Result<Decision> {
+    read_key(&mut KeyPath::new(buf, dir, key))
 }
 
 /// `a` followed by `b`, as raw bytes.
