@@ -454,8 +454,19 @@ pub fn run(
         d.own_fds = open;
     }
     d.fit_rules_cache();
+    // The daemon's own descriptors are counted now, before `ready`: it may
+    // confine the daemon (the sandbox grants nothing in /proc), and once it
+    // has closed stdout (with -1) the count must be settled (whoever waits
+    // for that EOF may count the daemon's descriptors). Stdout is not one
+    // of them: if `ready` closed descriptor 1, it is taken off the count.
+    let counted = d.fd_limit.map(|limit| (limit, open_fds_below(limit)));
+    let fd1_open = sys::borrow_fd_number(1).is_ok();
     ready();
-    d.settle_fd_budget();
+    let counted = counted.map(|(limit, n)| {
+        let stdout_closed = fd1_open && 1 < limit && sys::borrow_fd_number(1).is_err();
+        n.map(|n| n.saturating_sub(u64::from(stdout_closed)))
+    });
+    d.settle_fd_budget(counted.flatten());
     d.main_loop()
 }
 
@@ -641,16 +652,17 @@ impl Daemon<'_> {
         self.update_listener();
     }
 
-    /// Counts the daemon's own descriptors, once they are all open and
-    /// stdout is closed, and lowers `-n` to the room the descriptor limit
-    /// leaves for held fds: the limit, less those, less [`CLIENT_FDS`].
-    /// Counted, not assumed: descriptors the daemon was given beyond 0, 1
-    /// and 2 take room too.
-    fn settle_fd_budget(&mut self) {
+    /// Given how many descriptors are open below the limit once the
+    /// daemon's own are all open, stdout not counted (`run` counts them in
+    /// `/proc/self/fd` just before `ready`; `None`: unreadable), lowers
+    /// `-n` to the room the descriptor limit leaves for held fds: the
+    /// limit, less those, less [`CLIENT_FDS`]. Counted, not assumed:
+    /// descriptors the daemon was given beyond 0, 1 and 2 take room too.
+    fn settle_fd_budget(&mut self, open_below_limit: Option<u64>) {
         let Some(limit) = self.fd_limit else {
             return; // unlimited: -n as given
         };
-        match open_fds_below(limit) {
+        match open_below_limit {
             Some(open) => self.own_fds = open.saturating_sub(self.rules.cache_fds()),
             None => {
                 self.own_fds = OWN_FDS_ASSUMED;

@@ -8,6 +8,8 @@
 //!   `execve`, the C `main`);
 //! - [`rules`]: access rules (directory or cdb), by peer uid/gid;
 //! - [`daemon`]: the core of `s6-fdholderd`;
+//! - [`sandbox`]: what `s6-fdholderd` may do once started (seccomp,
+//!   Landlock), and confining it;
 //! - [`cli`]: what every program shares (arguments, getopt, messages, exit
 //!   codes, exec);
 //! - [`sd`]: systemd's protocols (held ids as systemd's fd names);
@@ -24,5 +26,6 @@ pub mod daemon;
 pub mod multicall;
 pub mod progs;
 pub mod rules;
+pub mod sandbox;
 pub mod sd;
 pub mod sys;

@@ -8,6 +8,11 @@
 //! play), edits the rules one way, and checks the rights of the very next
 //! connection. Every case runs against the reference daemon too: the
 //! expected rights are the reference's.
+//!
+//! Our daemon runs here with `-S` (no sandbox): the cache needs inotify
+//! and `fstatfs`, which the sandbox's seccomp allowlist refuses (under the
+//! sandbox the cache caches nothing and every lookup goes by path; see
+//! `docs/s6-fdholderd.md`, "Sandbox").
 
 mod common;
 
@@ -42,6 +47,19 @@ fn impls() -> Vec<Impl> {
         v.push(Impl::Reference);
     }
     v
+}
+
+/// A daemon on the rules directory `rules`; ours without the sandbox, so
+/// that its cache is in play.
+fn cache_daemon(which: Impl, rules: PathBuf) -> Daemon {
+    Daemon::start_with(
+        which,
+        Opts {
+            args: if which == Impl::Ours { &["-S"] } else { &[] },
+            rules: Some(("-i", rules)),
+            ..Opts::default()
+        },
+    )
 }
 
 fn me() -> String {
@@ -127,7 +145,7 @@ fn case(
     for which in impls() {
         let dir = common::tmpdir(name);
         let rules = setup(&dir);
-        let d = Daemon::with_rules(which, "-i", rules);
+        let d = cache_daemon(which, rules);
         assert_eq!(probe(&d.sock), before, "{name} {which:?}: before");
         assert_eq!(probe(&d.sock), before, "{name} {which:?}: again");
         if which == Impl::Ours {
@@ -413,7 +431,7 @@ fn symlinks_inside_the_tree_are_followed_and_never_go_stale() {
         let f = env_file(&dir, "S6_FDHOLDER_STORE_REGEX");
         std::fs::remove_file(&f).unwrap();
         std::os::unix::fs::symlink(dir.join("re"), &f).unwrap();
-        let d = Daemon::with_rules(which, "-i", rules);
+        let d = cache_daemon(which, rules);
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
         std::fs::write(dir.join("re"), "^b\n").unwrap();
         assert_eq!(probe(&d.sock), "list b", "{which:?}");
@@ -439,7 +457,7 @@ fn bind_mount_over_a_key_then_unmount() {
         let rules = base(&dir);
         rule(&dir.join("other"), "k", false, Some("^b"));
         let key = rules.join(me());
-        let d = Daemon::with_rules(which, "-i", rules.clone());
+        let d = cache_daemon(which, rules.clone());
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
         if which == Impl::Ours {
@@ -470,7 +488,7 @@ fn a_burst_of_edits_each_seen_by_the_next_connection() {
     for which in impls() {
         let dir = common::tmpdir("burst");
         let rules = base(&dir);
-        let d = Daemon::with_rules(which, "-i", rules);
+        let d = cache_daemon(which, rules);
         let re = env_file(&dir, "S6_FDHOLDER_STORE_REGEX");
         let list = env_file(&dir, "S6_FDHOLDER_LIST");
         for i in 0..100 {
@@ -509,6 +527,7 @@ fn cache_closes_its_descriptors_near_the_fd_limit() {
     let d = Daemon::start_with(
         Impl::Ours,
         Opts {
+            args: &["-S"],
             nofile: Some(400),
             rules: Some(("-i", rules)),
             ..Opts::default()
@@ -563,7 +582,7 @@ fn a_fifo_in_the_rules_never_hangs_the_daemon() {
         .status()
         .unwrap();
     assert!(st.success());
-    let d = Daemon::with_rules(Impl::Ours, "-i", rules);
+    let d = cache_daemon(Impl::Ours, rules);
     assert_eq!(probe(&d.sock), "a");
     assert_eq!(probe(&d.sock), "a");
     std::fs::remove_file(&list).unwrap();
@@ -590,7 +609,7 @@ fn a_write_through_mmap_after_caching_is_seen() {
     for which in impls() {
         let dir = common::tmpdir("mmap");
         let rules = base(&dir);
-        let d = Daemon::with_rules(which, "-i", rules);
+        let d = cache_daemon(which, rules);
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
         assert_eq!(probe(&d.sock), "list a", "{which:?}");
         let mut py = std::process::Command::new("/usr/bin/python3")
@@ -645,7 +664,7 @@ fn the_same_directory_through_another_mount_is_another_directory() {
             covered.as_os_str(),
         ]);
         std::os::unix::fs::symlink("real", dir.join("live")).unwrap();
-        let d = Daemon::with_rules(which, "-i", dir.join("live/rules"));
+        let d = cache_daemon(which, dir.join("live/rules"));
         let first = probe(&d.sock);
         let second = probe(&d.sock);
         let cached = which != Impl::Ours || watches(d.child.id()) > 0;
