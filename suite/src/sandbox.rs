@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use crate::daemon::RulesConfig;
 use crate::sys;
 
-// `const SECCOMP_FILTER: Option<&[(u16, u8, u8, u32)]>`, from build.rs.
+// `const SECCOMP_FILTER: Option<&[libc::sock_filter]>`, from build.rs.
 include!(concat!(env!("OUT_DIR"), "/seccomp_filter.rs"));
 
 /// `LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR`: all that is
@@ -72,22 +72,15 @@ pub enum Shortfall {
     LandlockAbi(u32),
 }
 
-impl std::fmt::Display for Shortfall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Shortfall {
+    /// The warning, after `sandbox: ` (and the ABI, for
+    /// [`Shortfall::LandlockAbi`]).
+    pub fn warning(self) -> &'static str {
         match self {
-            Shortfall::NoSeccompFilterForArch => {
-                f.write_str("no seccomp allowlist for this architecture: system calls are not filtered")
-            }
-            Shortfall::NoSeccompInKernel => {
-                f.write_str("the kernel has no seccomp filters: system calls are not filtered")
-            }
-            Shortfall::NoLandlock => f.write_str(
-                "the kernel has no Landlock: file access is not confined (only read-only opens are allowed)",
-            ),
-            Shortfall::LandlockAbi(abi) => write!(
-                f,
-                "the kernel's Landlock ABI is {abi} (below {LANDLOCK_ABI_KNOWN}): Landlock confines only what that ABI knows"
-            ),
+            Shortfall::NoSeccompFilterForArch => "no seccomp allowlist for this architecture",
+            Shortfall::NoSeccompInKernel => "no seccomp filters in this kernel",
+            Shortfall::NoLandlock => "no Landlock in this kernel: file access not confined",
+            Shortfall::LandlockAbi(_) => "Landlock confines only what this ABI knows: ",
         }
     }
 }
@@ -123,7 +116,7 @@ pub fn readable_dirs(rules: &RulesConfig) -> Vec<PathBuf> {
     let mut dirs = vec![parent(path)];
     if let Ok(real) = std::fs::canonicalize(path) {
         let real = parent(&real);
-        if !dirs.contains(&real) {
+        if dirs[0].as_os_str() != real.as_os_str() {
             dirs.push(real);
         }
     }
@@ -171,7 +164,7 @@ fn landlock(rules: &RulesConfig, abi: u32) -> Result<(), Failure> {
         // A directory that is not there now has nothing to grant: the
         // rules in it cannot be read then, sandbox or not.
         let Ok(fd): Result<OwnedFd, _> = rustix::fs::open(
-            &dir,
+            dir.as_path(),
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         ) else {

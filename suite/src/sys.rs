@@ -208,14 +208,9 @@ pub fn set_no_new_privs() -> io::Result<()> {
 }
 
 /// Installs a seccomp BPF filter on the calling thread (the daemon has no
-/// other), for good: `(code, jt, jf, k)` instructions as the kernel's
-/// `struct sock_filter`. No-new-privs must be set first (or the caller
-/// have CAP_SYS_ADMIN). EINVAL when the kernel has no seccomp filters.
-pub fn install_seccomp_filter(insns: &[(u16, u8, u8, u32)]) -> io::Result<()> {
-    let filter: Vec<libc::sock_filter> = insns
-        .iter()
-        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
-        .collect();
+/// other), for good. No-new-privs must be set first (or the caller have
+/// CAP_SYS_ADMIN). EINVAL when the kernel has no seccomp filters.
+pub fn install_seccomp_filter(filter: &'static [libc::sock_filter]) -> io::Result<()> {
     let len =
         u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let prog = libc::sock_fprog {
@@ -223,7 +218,7 @@ pub fn install_seccomp_filter(insns: &[(u16, u8, u8, u32)]) -> io::Result<()> {
         filter: filter.as_ptr().cast_mut(),
     };
     // SAFETY: `prog` describes `len` valid instructions that outlive the
-    // call (the kernel copies them).
+    // call; the kernel copies them and never writes through the pointer.
     let r = unsafe {
         libc::prctl(
             libc::PR_SET_SECCOMP,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cli::{EXIT_SYS, EXIT_USAGE, Prog};
 use crate::daemon::{self, Config, MAXCONN_LIMIT, RulesConfig};
+use crate::sandbox::Shortfall;
 
 const PROG: Prog = Prog {
     name: "s6-fdholderd",
@@ -89,9 +90,12 @@ pub fn main() {
         if sandbox {
             match crate::sandbox::confine(&rules_cfg) {
                 Ok(short) => {
-                    for s in short {
-                        if cfg_verbosity >= 1 {
-                            PROG.warn(format_args!("sandbox: {s}"));
+                    for s in short.into_iter().filter(|_| cfg_verbosity >= 1) {
+                        match s {
+                            Shortfall::LandlockAbi(abi) => {
+                                PROG.warn(format_args!("sandbox: {}ABI {abi}", s.warning()))
+                            }
+                            _ => PROG.warn(format_args!("sandbox: {}", s.warning())),
                         }
                     }
                 }
