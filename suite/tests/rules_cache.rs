@@ -10,9 +10,9 @@
 //! expected rights are the reference's.
 //!
 //! Our daemon runs here with `-S` (no sandbox): the cache needs inotify
-//! and `fstatfs`, which the sandbox's seccomp allowlist refuses (under the
-//! sandbox the cache caches nothing and every lookup goes by path; see
-//! `docs/s6-fdholderd.md`, "Sandbox").
+//! and `fstatfs`, which the sandbox's seccomp allowlist refuses (with the
+//! sandbox on, the daemon never opens the cache and every lookup goes by
+//! path; see `docs/s6-fdholderd.md`, "Sandbox").
 
 mod common;
 

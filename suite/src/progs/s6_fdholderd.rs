@@ -107,12 +107,17 @@ pub fn main() {
             crate::sys::close_stdout();
         }
     };
-    let rules = daemon::open_rules(&cfg.rules).unwrap_or_else(|e| match &cfg.rules {
+    let mut rules = daemon::open_rules(&cfg.rules).unwrap_or_else(|e| match &cfg.rules {
         RulesConfig::Cdb(f) => {
             PROG.die_unable(EXIT_SYS, format_args!("cdb_init {}", f.display()), &e)
         }
         RulesConfig::Dir(_) => PROG.die_unable(EXIT_SYS, "open rules", &e),
     });
+    // The rules directory cache needs inotify and fstatfs, which the
+    // sandbox does not allow: lookups go by path, as the reference's.
+    if let (true, crate::rules::Rules::Dir(d)) = (sandbox, &mut rules) {
+        d.never_cache();
+    }
     match daemon::run(listener, cfg, rules, ready) {
         Ok(code) => std::process::exit(code),
         Err(e) => PROG.die(

@@ -248,6 +248,14 @@ impl DirRules {
         }
     }
 
+    /// Never caches from now on (closing what is open): every lookup goes
+    /// by path. For the daemon's sandbox, which allows neither inotify nor
+    /// `fstatfs` (a cache trying would only add failing system calls).
+    pub fn never_cache(&mut self) {
+        self.unavailable = true;
+        self.watch = None;
+    }
+
     /// How many descriptors the cache holds open now: an inotify instance
     /// and `/proc/self/mountinfo` while it is open, none otherwise.
     pub fn open_fds(&self) -> u64 {
