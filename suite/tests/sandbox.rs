@@ -281,3 +281,93 @@ fn rules_cdb_replaced_by_rename_then_sighup_still_read() {
     assert!(!d.stderr().contains("unable to reload"), "{}", d.stderr());
     assert_eq!(field(&status(d.child.id()), "Seccomp"), Some("2"));
 }
+
+/// A seccomp filter for the wrapper of `without_landlock_the_daemon_warns_and_serves`:
+/// `landlock_create_ruleset` (444 on x86_64 and aarch64) fails with ENOSYS,
+/// as on a kernel without Landlock; everything else is allowed.
+static NO_LANDLOCK: [libc::sock_filter; 4] = [
+    // A = syscall number
+    libc::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    },
+    // if A == 444: next, else skip one
+    libc::sock_filter {
+        code: 0x15,
+        jt: 0,
+        jf: 1,
+        k: 444,
+    },
+    // SECCOMP_RET_ERRNO | ENOSYS
+    libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x0005_0000 | libc::ENOSYS as u32,
+    },
+    // SECCOMP_RET_ALLOW
+    libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000,
+    },
+];
+
+#[test]
+fn without_landlock_the_daemon_warns_and_serves() {
+    // The wrapper's side: this test binary re-run, it hides Landlock from
+    // itself and execs the daemon (filters are inherited across exec).
+    if let Some(daemon) = std::env::var_os("SANDBOX_NO_LANDLOCK_EXEC") {
+        fdholder_suite::sys::set_no_new_privs().unwrap();
+        fdholder_suite::sys::install_seccomp_filter(&NO_LANDLOCK).unwrap();
+        let rules = std::env::var_os("SANDBOX_RULES").unwrap();
+        let e = Command::new(daemon).arg("-1").arg("-i").arg(rules).exec();
+        panic!("exec: {e}");
+    }
+    let dir = tmpdir("sandbox-nolandlock");
+    let rules = common::full_rules(dir.path());
+    let sock = dir.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "without_landlock_the_daemon_warns_and_serves",
+            "--test-threads=1",
+        ])
+        .env("SANDBOX_NO_LANDLOCK_EXEC", common::ours("s6-fdholderd"))
+        .env("SANDBOX_RULES", &rules)
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            listener,
+        )))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    // What the test harness printed before the exec, then the daemon's
+    // readiness newline, then EOF: the daemon closed its stdout.
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let stderr = || std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let st = status(child.id());
+    let served = can_list(&sock);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.ends_with(b" ... \n"),
+        "not ready: {:?}; stderr: {}",
+        String::from_utf8_lossy(&out),
+        stderr()
+    );
+    assert_eq!(field(&st, "Name"), Some("s6-fdholderd"), "{st}");
+    // The daemon's own filter on top of the wrapper's.
+    assert_eq!(field(&st, "Seccomp"), Some("2"), "{st}");
+    assert_eq!(field(&st, "Seccomp_filters"), Some("2"), "{st}");
+    assert_eq!(
+        stderr(),
+        "s6-fdholderd: warning: sandbox: no Landlock in this kernel: file access not confined\n"
+    );
+    assert!(served, "stderr: {}", stderr());
+}
