@@ -9,6 +9,8 @@
 //! - [`rules`]: access rules (directory or cdb), by peer uid/gid;
 //! - [`daemon`]: the core of `s6-fdholderd`;
 //! - [`describe`]: what a held descriptor is (the describe request);
+//! - [`sandbox`]: what `s6-fdholderd` may do once started (seccomp,
+//!   Landlock), and confining it;
 //! - [`cli`]: what every program shares (arguments, getopt, messages, exit
 //!   codes, exec);
 //! - [`sd`]: systemd's protocols (held ids as systemd's fd names);
@@ -26,5 +28,6 @@ pub mod describe;
 pub mod multicall;
 pub mod progs;
 pub mod rules;
+pub mod sandbox;
 pub mod sd;
 pub mod sys;

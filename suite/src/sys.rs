@@ -8,6 +8,8 @@
 //!   event loop.
 //! - Process credentials (`setgroups`, `setgid`, `setuid`) through the C
 //!   library, which applies them to every thread of the process.
+//! - The daemon's sandbox: `PR_SET_NO_NEW_PRIVS`, a seccomp filter, and
+//!   Landlock's three system calls (what to allow is `crate::sandbox`'s).
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -320,6 +322,149 @@ pub fn setgid(gid: u32) -> io::Result<()> {
 pub fn setuid(uid: u32) -> io::Result<()> {
     // SAFETY: plain system call on integers.
     if unsafe { libc::setuid(uid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`: this process and whatever it execs can
+/// never gain privileges (set-id bits and file capabilities are ignored).
+/// Required for an unprivileged seccomp filter and Landlock domain.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: plain system call on integers.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs a seccomp BPF filter on the calling thread (the daemon has no
+/// other), for good. No-new-privs must be set first (or the caller have
+/// CAP_SYS_ADMIN). EINVAL when the kernel has no seccomp filters.
+pub fn install_seccomp_filter(filter: &'static [libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` describes `len` valid instructions that outlive the
+    // call; the kernel copies them and never writes through the pointer.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `struct landlock_ruleset_attr` (ABI 6 layout: a kernel with an older
+/// ABI accepts it as long as the fields it does not know are zero).
+#[repr(C)]
+struct LandlockRulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+/// `struct landlock_path_beneath_attr` (packed in the kernel's header).
+#[repr(C, packed)]
+struct LandlockPathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `LANDLOCK_CREATE_RULESET_VERSION`.
+const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+/// `LANDLOCK_RULE_PATH_BENEATH`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+
+/// The kernel's Landlock ABI version (1, 2, ...); ENOSYS when the kernel
+/// has no Landlock, EOPNOTSUPP when it is built in but disabled at boot.
+pub fn landlock_abi() -> io::Result<u32> {
+    // SAFETY: with a null attribute, size 0 and the VERSION flag, the
+    // call reads no memory and only returns the version.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<LandlockRulesetAttr>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u32)
+}
+
+/// A new Landlock ruleset that handles (denies unless a rule allows) the
+/// given filesystem rights, TCP rights and scopes (bit masks of the
+/// kernel's `LANDLOCK_ACCESS_FS_*`, `LANDLOCK_ACCESS_NET_*`,
+/// `LANDLOCK_SCOPE_*`, all known to the running kernel's ABI).
+pub fn landlock_create_ruleset(fs: u64, net: u64, scoped: u64) -> io::Result<OwnedFd> {
+    let attr = LandlockRulesetAttr {
+        handled_access_fs: fs,
+        handled_access_net: net,
+        scoped,
+    };
+    // SAFETY: `attr` is a valid ruleset attribute of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const LandlockRulesetAttr,
+            std::mem::size_of::<LandlockRulesetAttr>(),
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the call returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Adds to `ruleset` a rule allowing `access` (filesystem rights) on the
+/// file or directory `parent` and, for a directory, on everything beneath.
+pub fn landlock_allow_beneath(
+    ruleset: std::os::fd::BorrowedFd<'_>,
+    parent: std::os::fd::BorrowedFd<'_>,
+    access: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = LandlockPathBeneathAttr {
+        allowed_access: access,
+        parent_fd: parent.as_raw_fd(),
+    };
+    // SAFETY: both descriptors are open for the call, `attr` is a valid
+    // path-beneath attribute; flags must be 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const LandlockPathBeneathAttr,
+            0u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Confines the calling thread (the daemon has no other), for good, to
+/// `ruleset`. No-new-privs must be set first.
+pub fn landlock_restrict_self(ruleset: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain system call on an open descriptor and flags 0.
+    let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) };
+    if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

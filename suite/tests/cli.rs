@@ -92,7 +92,7 @@ const USAGES: &[(&str, &str)] = &[
     ),
     (
         "s6-fdholder-daemon",
-        "s6-fdholder-daemon [ -v verbosity ] [ -d | -D ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -b backlog ] [ -G gid,gid,... ] [ -g gid ] [ -u uid ] [ -U ] [ -t timeout ] [ -T lameducktimeout ] [ -i rulesdir | -x rulesfile ] path",
+        "s6-fdholder-daemon [ -v verbosity ] [ -d | -D ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -b backlog ] [ -G gid,gid,... ] [ -g gid ] [ -u uid ] [ -U ] [ -t timeout ] [ -T lameducktimeout ] [ -S ] [ -i rulesdir | -x rulesfile ] path",
     ),
 ];
 
@@ -1142,7 +1142,10 @@ fn normalise(s: &str, socks: &[&Path]) -> String {
             ),
             "BIN/",
         )
-        .replace("/usr/bin/", "BIN/");
+        .replace("/usr/bin/", "BIN/")
+        // An addition of ours (docs/compatibility.md): the daemon's -S (no
+        // sandbox) in the usage lines of s6-fdholderd and s6-fdholder-daemon.
+        .replace(" [ -S ]", "");
     for p in socks {
         s = s.replace(p.to_str().unwrap(), "SOCK");
     }

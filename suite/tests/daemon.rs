@@ -560,7 +560,7 @@ fn usage_errors() {
     assert_eq!(o.code, 100);
     assert_eq!(
         o.stderr,
-        "s6-fdholderd: usage: s6-fdholderd [ -v verbosity ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -t timeout ] [ -T lameducktimeout ] [ -i rulesdir | -x rulesfile ]\n"
+        "s6-fdholderd: usage: s6-fdholderd [ -v verbosity ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -t timeout ] [ -T lameducktimeout ] [ -S ] [ -i rulesdir | -x rulesfile ]\n"
     );
     let o = run(&[]);
     assert_eq!(

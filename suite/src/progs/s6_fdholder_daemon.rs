@@ -11,20 +11,22 @@ use crate::multicall::sibling;
 
 const PROG: Prog = Prog {
     name: "s6-fdholder-daemon",
-    usage: "s6-fdholder-daemon [ -v verbosity ] [ -d | -D ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -b backlog ] [ -G gid,gid,... ] [ -g gid ] [ -u uid ] [ -U ] [ -t timeout ] [ -T lameducktimeout ] [ -i rulesdir | -x rulesfile ] path",
+    usage: "s6-fdholder-daemon [ -v verbosity ] [ -d | -D ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -b backlog ] [ -G gid,gid,... ] [ -g gid ] [ -u uid ] [ -U ] [ -t timeout ] [ -T lameducktimeout ] [ -S ] [ -i rulesdir | -x rulesfile ] path",
 };
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
-    let (opts, args) = PROG.getopt("1Ddv:c:n:b:u:g:G:Ut:T:i:x:");
+    let (opts, args) = PROG.getopt("1DdSv:c:n:b:u:g:G:Ut:T:i:x:");
     let (mut verbosity, mut notify, mut reuse, mut flag_u) = (1, false, true, false);
     let (mut maxconn, mut maxfds, mut backlog, mut uid, mut gid) = (0, 0, None, 0, 0);
     let (mut gids, mut timeout, mut ltimeout, mut rules) = (None, 0, 0, None);
+    let mut no_sandbox = false;
     for (c, v) in opts {
         match c {
             'D' => reuse = false,
             'd' => reuse = true,
             '1' => notify = true,
+            'S' => no_sandbox = true,
             'v' => verbosity = PROG.uint(&v),
             'c' => maxconn = PROG.uint(&v).max(1),
             'n' => maxfds = PROG.uint(&v).max(1),
@@ -83,6 +85,9 @@ pub fn main() {
     }
     if notify {
         argv.push("-1".into());
+    }
+    if no_sandbox {
+        argv.push("-S".into());
     }
     for (flag, val) in [
         ("-c", maxconn),

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use crate::cli::{EXIT_SYS, EXIT_USAGE, Prog};
 use crate::daemon::{self, Config, MAXCONN_LIMIT, RulesConfig};
+use crate::sandbox::Shortfall;
 
 const PROG: Prog = Prog {
     name: "s6-fdholderd",
-    usage: "s6-fdholderd [ -v verbosity ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -t timeout ] [ -T lameducktimeout ] [ -i rulesdir | -x rulesfile ]",
+    usage: "s6-fdholderd [ -v verbosity ] [ -1 ] [ -c maxconn ] [ -n maxfds ] [ -t timeout ] [ -T lameducktimeout ] [ -S ] [ -i rulesdir | -x rulesfile ]",
 };
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
-    let (opts, _) = PROG.getopt("v:1c:n:i:x:t:T:");
+    let (opts, _) = PROG.getopt("v:1Sc:n:i:x:t:T:");
     let mut cfg = Config {
         verbosity: 1,
         maxconn: 16,
@@ -27,11 +28,13 @@ pub fn main() {
     };
     let mut rules = None;
     let mut notify = false;
+    let mut sandbox = true;
     let ms = |v| (v != 0).then(|| Duration::from_millis(u64::from(v)));
     for (c, v) in opts {
         match c {
             'v' => cfg.verbosity = PROG.uint(&v),
             '1' => notify = true,
+            'S' => sandbox = false,
             'c' => cfg.maxconn = PROG.uint(&v),
             'n' => cfg.maxfds = PROG.uint(&v),
             't' => cfg.client_timeout = ms(PROG.uint(&v)),
@@ -78,7 +81,27 @@ pub fn main() {
     } else {
         crate::sys::close_stdout();
     }
+    // Readiness implies confinement: the sandbox is applied once the
+    // socket, the rules and the daemon's own descriptors are open, before
+    // the readiness newline (see crate::sandbox).
+    let rules_cfg = cfg.rules.clone();
+    let cfg_verbosity = cfg.verbosity;
     let ready = || {
+        if sandbox {
+            match crate::sandbox::confine(&rules_cfg) {
+                Ok(short) => {
+                    for s in short.into_iter().filter(|_| cfg_verbosity >= 1) {
+                        match s {
+                            Shortfall::LandlockAbi(abi) => {
+                                PROG.warn(format_args!("sandbox: {}ABI {abi}", s.warning()))
+                            }
+                            _ => PROG.warn(format_args!("sandbox: {}", s.warning())),
+                        }
+                    }
+                }
+                Err(f) => PROG.die_unable(EXIT_SYS, f.step, &f.err),
+            }
+        }
         if notify {
             let _ = rustix::io::write(stdout.as_fd(), b"\n");
             crate::sys::close_stdout();
