@@ -794,21 +794,6 @@ fn rules_dir_an_ancestor_or_a_symlink_switched() {
         },
         "b",
     );
-    case(
-        "ancestor",
-        |dir| {
-            let rules = dir.join("cur").join("rules");
-            rule(&rules, &me(), true, Some("^a"));
-            rules
-        },
-        "list a",
-        |dir| {
-            rule(&dir.join("next").join("rules"), &me(), false, Some("^b"));
-            std::fs::rename(dir.join("cur"), dir.join("prev")).unwrap();
-            std::fs::rename(dir.join("next"), dir.join("cur")).unwrap();
-        },
-        "b",
-    );
     // The s6-rc way of switching a live directory: a new symlink renamed
     // over the old one.
     case(
@@ -840,6 +825,44 @@ fn rules_dir_an_ancestor_or_a_symlink_switched() {
         |dir| std::fs::write(dir.join("real/k/env/S6_FDHOLDER_STORE_REGEX"), "^b\n").unwrap(),
         "list b",
     );
+}
+
+/// The rules directory's parent replaced by a rename while the daemon
+/// runs: the reference, and ours with `-S`, read the new rules. Ours
+/// sandboxed (the default) may read only beneath the rules' parent as it
+/// was at start (Landlock rules hold inodes, see docs/s6-fdholderd.md,
+/// "Sandbox"), so it refuses every client: it fails closed, and never
+/// keeps granting what the old rules granted.
+#[test]
+fn rules_dir_parent_switched() {
+    let mut runs: Vec<(Impl, &[&str], &str)> =
+        vec![(Impl::Ours, &[], "refused"), (Impl::Ours, &["-S"], "b")];
+    if have_reference() {
+        runs.push((Impl::Reference, &[], "b"));
+    }
+    for (which, args, after) in runs {
+        let dir = common::tmpdir("parentswap");
+        let rules = dir.join("cur").join("rules");
+        rule(&rules, &me(), true, Some("^a"));
+        let d = Daemon::start_with(
+            which,
+            Opts {
+                args,
+                rules: Some(("-i", rules)),
+                ..Opts::default()
+            },
+        );
+        assert_eq!(probe(&d.sock), "list a", "{which:?} {args:?}: before");
+        rule(&dir.join("next").join("rules"), &me(), false, Some("^b"));
+        std::fs::rename(dir.join("cur"), dir.join("prev")).unwrap();
+        std::fs::rename(dir.join("next"), dir.join("cur")).unwrap();
+        assert_eq!(
+            probe(&d.sock),
+            after,
+            "{which:?} {args:?}: after the switch"
+        );
+        assert_eq!(probe(&d.sock), after, "{which:?} {args:?}: and after that");
+    }
 }
 
 /// Runs `mount` or `umount` with `args`; it must succeed.
