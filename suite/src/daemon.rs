@@ -16,7 +16,7 @@
 //! input: requests are parsed by [`fdholder::proto::parse_request`], which
 //! checks every length.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -29,6 +29,7 @@ use rustix::net::SocketFlags;
 
 use crate::rules::{CdbOpenError, CdbRules, Decision, Rules};
 use crate::sys::{self, Regex};
+use crate::upgrade::{SavedConn, SavedHeld, SavedMsg, SavedWatch, State};
 use fdholder::proto::{self, OnHangup, Request};
 use fdholder::tain::Tain;
 use fdholder::wire::{MAX_FDS, Receiver, Sender};
@@ -75,6 +76,11 @@ pub struct Config {
     pub lameduck_timeout: Option<Duration>,
     /// `-i` or `-x`.
     pub rules: RulesConfig,
+    /// How to execute the program again on SIGUSR2 (`None`: its path
+    /// could not be found; SIGUSR2 then only warns).
+    pub exec: Option<crate::upgrade::ExecSelf>,
+    /// The process confines itself (no `-S`).
+    pub sandbox: bool,
 }
 
 /// Writes the daemon's log lines to stderr.
@@ -519,9 +525,10 @@ pub fn run(
     cfg: Config,
     rules: Rules,
     ready: impl FnOnce(),
+    resume: Option<State>,
 ) -> io::Result<i32> {
     sys::ignore_sigpipe()?;
-    let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP])?;
+    let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2])?;
     let fl = rustix::fs::fcntl_getfl(listener)?;
     rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
     let ep = Rc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
@@ -561,6 +568,12 @@ pub fn run(
         fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
         own_fds: OWN_FDS_ASSUMED,
     };
+    if let Some(state) = resume {
+        // After an upgrade: readiness was signalled (and the sandbox set)
+        // by the first program; the budget was settled then.
+        d.restore(state)?;
+        return d.main_loop();
+    }
     // The daemon's descriptors are counted before it says it is ready:
     // none is opened after (whoever counts them once it is ready sees them
     // settled). Stdout, if `ready` closes it, is then not counted.
@@ -573,6 +586,243 @@ pub fn run(
 }
 
 impl Daemon<'_> {
+    /// The whole state, for an upgrade.
+    fn save(&self) -> State {
+        use std::os::fd::AsRawFd;
+        let now = Instant::now();
+        let re = |r: &Option<Rc<Regex>>| r.as_ref().map(|r| r.source().to_vec());
+        State {
+            nonce: crate::upgrade::nonce(),
+            listener: self.listener.as_raw_fd(),
+            sandboxed: self.cfg.sandbox,
+            max: self.store.max as u64,
+            own_fds: self.own_fds,
+            watches: self.store.watches,
+            slots: (self.store.slots.iter())
+                .map(|s| {
+                    s.as_ref().map(|h| SavedHeld {
+                        fd: h.fd.as_raw_fd(),
+                        id: h.id.to_vec(),
+                        limit: h.limit,
+                        expiry: h.expiry,
+                        watch: match h.watch {
+                            Watch::Unmarked => SavedWatch::Unmarked,
+                            Watch::MarkedUnpollable => SavedWatch::MarkedUnpollable,
+                            Watch::Polled(_) => SavedWatch::Polled,
+                        },
+                    })
+                })
+                .collect(),
+            free: self.store.free.clone(),
+            conns: (self.conns.iter())
+                .map(|c| {
+                    c.as_ref().map(|c| {
+                        let (bytes, fds) = c.rx.buffered();
+                        SavedConn {
+                            sock: c.sock.as_raw_fd(),
+                            store_re: re(&c.st.rights.store),
+                            retrieve_re: re(&c.st.rights.retrieve),
+                            list: c.st.rights.list,
+                            getdump: c.st.rights.getdump,
+                            setdump: c.st.rights.setdump,
+                            dumping: c.st.dumping,
+                            deadline_in: c.st.deadline.map(|d| d.saturating_duration_since(now)),
+                            rx: bytes.to_vec(),
+                            rx_fds: fds.map(|f| f.as_raw_fd()).collect(),
+                            tx: (c.st.tx.pending())
+                                .map(|m| SavedMsg {
+                                    header: m.header,
+                                    payload: m.payload.to_vec(),
+                                    written: m.written as u64,
+                                    fds: m.fds.iter().map(|f| f.as_raw_fd()).collect(),
+                                })
+                                .collect(),
+                        }
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Every descriptor the state names (some more than once).
+    fn state_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut v = vec![self.listener];
+        v.extend(self.store.iter().map(|h| h.fd.as_fd()));
+        for c in self.conns.iter().flatten() {
+            v.push(c.sock.as_fd());
+            v.extend(c.rx.buffered().1);
+            for m in c.st.tx.pending() {
+                v.extend(m.fds.iter().map(|f| f.as_fd()));
+            }
+        }
+        v
+    }
+
+    /// SIGUSR2: executes the program at its path again, in this process,
+    /// with the whole state; a failure at any step before the exec leaves
+    /// this daemon serving, with a warning that says why.
+    fn upgrade(&mut self) {
+        let fail = |log: Log, why: std::fmt::Arguments<'_>| {
+            log.warn(format_args!("upgrade failed, still serving: {why}"))
+        };
+        let Some(exe) = self.cfg.exec.clone() else {
+            return fail(
+                self.log,
+                format_args!("the program's own path is not known"),
+            );
+        };
+        if self.lameduck.is_some() {
+            return fail(self.log, format_args!("in lame duck mode"));
+        }
+        let path = exe.path.to_string_lossy().into_owned();
+        self.log
+            .info(format_args!("received SIGUSR2, upgrading to {path}"));
+        let state = self.save();
+        let memfd = match crate::upgrade::seal(&state.encode()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return fail(
+                    self.log,
+                    format_args!(
+                        "unable to write the state to a memfd: {}",
+                        crate::cli::strerror(&e)
+                    ),
+                );
+            }
+        };
+        if let Err(f) = crate::upgrade::trial(&exe, memfd.as_fd(), &state.acknowledgement()) {
+            return fail(self.log, format_args!("{path}: {f}"));
+        }
+        let mut fds = self.state_fds();
+        fds.push(memfd.as_fd());
+        let mut cleared = Vec::with_capacity(fds.len());
+        let mut r = Ok(());
+        for fd in fds {
+            match rustix::io::fcntl_getfd(fd).and_then(|fl| {
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map(|_| fl)
+            }) {
+                Ok(fl) => cleared.push((fd, fl)),
+                Err(e) => {
+                    r = Err(io::Error::from(e));
+                    break;
+                }
+            }
+        }
+        let e = match r {
+            Ok(()) => crate::upgrade::exec(&exe, memfd.as_fd()),
+            Err(e) => e,
+        };
+        // Still here: the exec failed. Back as it was (in reverse, so that
+        // a descriptor listed twice gets its first flags back).
+        for (fd, fl) in cleared.into_iter().rev() {
+            let _ = rustix::io::fcntl_setfd(fd, fl);
+        }
+        fail(
+            self.log,
+            format_args!("unable to exec {path}: {}", crate::cli::strerror(&e)),
+        );
+    }
+
+    /// Takes up the state an upgrade left: every held fd in its slot, every
+    /// connection where it was.
+    fn restore(&mut self, s: State) -> io::Result<()> {
+        let mut shared: HashMap<i32, Rc<OwnedFd>> = HashMap::new();
+        let mut owned: HashSet<i32> = HashSet::new();
+        {
+            use std::os::fd::AsRawFd;
+            owned.insert(self.listener.as_raw_fd());
+        }
+        self.store.max = usize::try_from(s.max).unwrap_or(usize::MAX);
+        self.own_fds = s.own_fds;
+        self.store.watches = s.watches;
+        for (slot, saved) in s.slots.into_iter().enumerate() {
+            let Some(h) = saved else {
+                self.store.slots.push(None);
+                continue;
+            };
+            let slot = slot as u32;
+            let fd = adopt_shared(&mut shared, &owned, h.fd)?;
+            let watch = match h.watch {
+                SavedWatch::Unmarked => Watch::Unmarked,
+                SavedWatch::MarkedUnpollable => Watch::MarkedUnpollable,
+                SavedWatch::Polled => match self.store.watch(fd.as_fd(), slot) {
+                    Ok(w) => w,
+                    Err(r) => {
+                        self.log.warn(format_args!(
+                            "after the upgrade, id {} cannot be watched for a hang-up: {}",
+                            String::from_utf8_lossy(&h.id),
+                            crate::cli::strerror(&io::Error::from_raw_os_error(r.errno()))
+                        ));
+                        Watch::MarkedUnpollable
+                    }
+                },
+            };
+            if let Some(t) = h.expiry {
+                self.store.by_limit.insert((t, slot));
+            }
+            if self.store.by_id.insert(h.id.clone().into(), slot).is_some() {
+                return Err(io::Error::other("state: an id held twice"));
+            }
+            self.store.slots.push(Some(Held {
+                id: h.id.into(),
+                fd,
+                limit: h.limit,
+                expiry: h.expiry,
+                watch,
+            }));
+        }
+        self.store.free = s.free;
+        let now = Instant::now();
+        for (i, saved) in s.conns.into_iter().enumerate() {
+            self.conns.push(None);
+            let Some(c) = saved else { continue };
+            let sock = adopt_own(&shared, &mut owned, c.sock)?;
+            let rx_fds = (c.rx_fds.iter())
+                .map(|&n| adopt_own(&shared, &mut owned, n))
+                .collect::<io::Result<Vec<_>>>()?;
+            let mut tx = Sender::new();
+            for m in c.tx {
+                let fds = (m.fds.iter())
+                    .map(|&n| adopt_shared(&mut shared, &owned, n))
+                    .collect::<io::Result<Vec<_>>>()?;
+                tx.push_resumed(m.header, m.payload, m.written as usize, fds);
+            }
+            let mut rights = Rights {
+                list: c.list,
+                getdump: c.getdump,
+                setdump: c.setdump,
+                ..Rights::default()
+            };
+            if let Some(p) = &c.store_re {
+                rights.store = self.compile("S6_FDHOLDER_STORE_REGEX", p);
+            }
+            if let Some(p) = &c.retrieve_re {
+                rights.retrieve = self.compile("S6_FDHOLDER_RETRIEVE_REGEX", p);
+            }
+            self.conns[i] = Some(Conn {
+                sock,
+                rx: Receiver::resumed(proto::MAX_REQUEST, &c.rx, rx_fds),
+                st: ConnState {
+                    tx,
+                    rights,
+                    dumping: c.dumping,
+                    deadline: c.deadline_in.map(|d| now + d),
+                },
+                interest: epoll::EventFlags::empty(),
+            });
+            self.nconns += 1;
+        }
+        // Each connection goes on where it was: answers flushed, requests
+        // already in handled, its interest registered.
+        for i in 0..self.conns.len() {
+            if self.conns[i].is_some() {
+                self.handle_conn(i, epoll::EventFlags::empty());
+            }
+        }
+        self.update_listener();
+        Ok(())
+    }
+
     fn main_loop(&mut self) -> io::Result<i32> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         loop {
@@ -672,6 +922,7 @@ impl Daemon<'_> {
                     }
                 }
                 libc::SIGHUP => self.reload_rules(),
+                libc::SIGUSR2 => self.upgrade(),
                 _ => {}
             }
         }
@@ -992,6 +1243,37 @@ impl Daemon<'_> {
             c.interest = want;
         }
     }
+}
+
+/// Adopts descriptor `n` of an upgrade's state that may be named more
+/// than once (a held fd, a fd queued in an answer): one `OwnedFd` for all.
+fn adopt_shared(
+    shared: &mut HashMap<i32, Rc<OwnedFd>>,
+    owned: &HashSet<i32>,
+    n: i32,
+) -> io::Result<Rc<OwnedFd>> {
+    if let Some(f) = shared.get(&n) {
+        return Ok(f.clone());
+    }
+    if owned.contains(&n) {
+        return Err(io::Error::other("state: a descriptor listed twice"));
+    }
+    let f = Rc::new(sys::adopt_fd(n)?);
+    shared.insert(n, f.clone());
+    Ok(f)
+}
+
+/// Adopts descriptor `n` of an upgrade's state that is named once (a
+/// connection's socket, a fd it sent).
+fn adopt_own(
+    shared: &HashMap<i32, Rc<OwnedFd>>,
+    owned: &mut HashSet<i32>,
+    n: i32,
+) -> io::Result<OwnedFd> {
+    if shared.contains_key(&n) || !owned.insert(n) {
+        return Err(io::Error::other("state: a descriptor listed twice"));
+    }
+    sys::adopt_fd(n)
 }
 
 /// Flushes answers and handles buffered requests while the answers go out
