@@ -158,8 +158,7 @@ fn failed_upgrade(d: &Daemon) -> String {
         if e.matches("upgrade failed").count() > before {
             return e
                 .lines()
-                .filter(|l| l.contains("upgrade failed"))
-                .next_back()
+                .rfind(|l| l.contains("upgrade failed"))
                 .unwrap()
                 .to_string();
         }
