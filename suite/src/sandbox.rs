@@ -37,6 +37,16 @@ include!(concat!(env!("OUT_DIR"), "/seccomp_filter.rs"));
 /// granted, beneath the rules' directory.
 pub const LANDLOCK_READ: u64 = (1 << 2) | (1 << 3);
 
+/// `LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_READ_FILE`: granted
+/// beneath the directories of the program's own path and of the files
+/// it runs from (the dynamic loader, the libraries), for the in-place
+/// upgrade to execute the new binary.
+pub const LANDLOCK_EXEC: u64 = (1 << 0) | (1 << 2);
+
+/// `LANDLOCK_ACCESS_FS_READ_FILE` alone (the right a rule on a file, not a
+/// directory, may grant of [`LANDLOCK_READ`]).
+const LANDLOCK_READ_FILE: u64 = 1 << 2;
+
 /// The newest Landlock ABI whose rights are all handled here (ABI 7 adds
 /// only audit-logging flags).
 pub const LANDLOCK_ABI_KNOWN: u32 = 6;
@@ -123,10 +133,47 @@ pub fn readable_dirs(rules: &RulesConfig) -> Vec<PathBuf> {
     dirs
 }
 
+/// What Landlock lets the daemon execute (and read), for the in-place
+/// upgrade: beneath the directory of `exe` (the path it re-executes, as
+/// given: a new binary is installed there by rename, a new inode that a
+/// rule on the old one would not cover) and of what it resolves to now;
+/// beneath the directory of every file mapped executable now (the
+/// dynamic loader, the C library: the new program needs them too); and
+/// the loader's cache, `/etc/ld.so.cache` (read only: a file).
+pub fn exec_paths(exe: Option<&Path>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut add = |d: Option<&Path>| {
+        if let Some(d) = d.filter(|d| !d.as_os_str().is_empty()) {
+            if !dirs.iter().any(|x| x == d) {
+                dirs.push(d.to_path_buf());
+            }
+        }
+    };
+    if let Some(exe) = exe {
+        add(exe.parent());
+        if let Ok(real) = std::fs::canonicalize(exe) {
+            add(real.parent());
+        }
+    }
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let perms = f.nth(1).unwrap_or("");
+            if let Some(path) = f.nth(3).filter(|p| p.starts_with('/')) {
+                if perms.contains('x') {
+                    add(Path::new(path).parent());
+                }
+            }
+        }
+    }
+    (dirs, vec![PathBuf::from("/etc/ld.so.cache")])
+}
+
 /// Confines the calling process for good (see the module's doc). Call it
 /// once the listening socket and the rules are open, while the process is
-/// single-threaded.
-pub fn confine(rules: &RulesConfig) -> Result<Vec<Shortfall>, Failure> {
+/// single-threaded. `exe`: the path the upgrade re-executes (see
+/// [`exec_paths`]).
+pub fn confine(rules: &RulesConfig, exe: Option<&Path>) -> Result<Vec<Shortfall>, Failure> {
     let mut short = Vec::new();
     sys::set_no_new_privs().map_err(step("set no_new_privs"))?;
     match sys::landlock_abi() {
@@ -134,7 +181,7 @@ pub fn confine(rules: &RulesConfig) -> Result<Vec<Shortfall>, Failure> {
             if abi < LANDLOCK_ABI_KNOWN {
                 short.push(Shortfall::LandlockAbi(abi));
             }
-            landlock(rules, abi)?;
+            landlock(rules, exe, abi)?;
         }
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP)) => {
             short.push(Shortfall::NoLandlock)
@@ -154,13 +201,18 @@ pub fn confine(rules: &RulesConfig) -> Result<Vec<Shortfall>, Failure> {
     Ok(short)
 }
 
-fn landlock(rules: &RulesConfig, abi: u32) -> Result<(), Failure> {
+fn landlock(rules: &RulesConfig, exe: Option<&Path>, abi: u32) -> Result<(), Failure> {
     let net = if abi >= 4 { 0b11 } else { 0 }; // bind, connect TCP
     let scoped = if abi >= 6 { 0b11 } else { 0 }; // abstract Unix, signals
     let fs = landlock_fs_rights(abi);
     let ruleset =
         sys::landlock_create_ruleset(fs, net, scoped).map_err(step("create a Landlock ruleset"))?;
-    for dir in readable_dirs(rules) {
+    let (exec_dirs, exec_files) = exec_paths(exe);
+    let grants = (readable_dirs(rules).into_iter())
+        .map(|d| (d, LANDLOCK_READ))
+        .chain(exec_dirs.into_iter().map(|d| (d, LANDLOCK_EXEC)))
+        .chain(exec_files.into_iter().map(|f| (f, LANDLOCK_READ_FILE)));
+    for (dir, rights) in grants {
         // A directory that is not there now has nothing to grant: the
         // rules in it cannot be read then, sandbox or not.
         let Ok(fd): Result<OwnedFd, _> = rustix::fs::open(
@@ -170,7 +222,7 @@ fn landlock(rules: &RulesConfig, abi: u32) -> Result<(), Failure> {
         ) else {
             continue;
         };
-        sys::landlock_allow_beneath(ruleset.as_fd(), fd.as_fd(), LANDLOCK_READ & fs)
+        sys::landlock_allow_beneath(ruleset.as_fd(), fd.as_fd(), rights & fs)
             .map_err(step("add a Landlock rule"))?;
     }
     sys::landlock_restrict_self(ruleset.as_fd()).map_err(step("enforce the Landlock ruleset"))

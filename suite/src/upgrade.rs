@@ -46,6 +46,8 @@ pub const ENV_STATE_CHECK: &str = "FDHOLDER_STATE_CHECK";
 /// How long the trial run may take.
 pub const TRIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const END: &[u8; 4] = b"END.";
+/// What the trial's child writes when its exec fails: NUL, then the errno.
+const EXEC_FAILED: &[u8; 5] = &[0; 5];
 
 /// A held descriptor, saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -593,6 +595,8 @@ impl ExecSelf {
 pub enum TrialFailure {
     /// Fork, pipe or wait failed.
     Sys(&'static str, io::Error),
+    /// The exec itself failed (in the trial's child).
+    Exec(io::Error),
     /// It did not answer in time ([`TRIAL_TIMEOUT`]).
     TimedOut,
     /// It exited without answering (its status).
@@ -609,6 +613,7 @@ impl fmt::Display for TrialFailure {
             TrialFailure::Sys(what, e) => {
                 write!(f, "unable to {what}: {}", crate::cli::strerror(e))
             }
+            TrialFailure::Exec(e) => write!(f, "unable to exec: {}", crate::cli::strerror(e)),
             TrialFailure::TimedOut => write!(
                 f,
                 "the new binary did not acknowledge the state within {} s",
@@ -659,7 +664,11 @@ pub fn trial(exe: &ExecSelf, state: BorrowedFd<'_>, want: &[u8]) -> Result<(), T
             {
                 crate::sys::exit_now(126);
             }
-            let _ = crate::sys::execve(&exe.path, &exe.argv, &env);
+            let e = crate::sys::execve(&exe.path, &exe.argv, &env);
+            // Tell the parent why (no acknowledgement starts with NUL).
+            let mut why = *EXEC_FAILED;
+            why[1..].copy_from_slice(&e.raw_os_error().unwrap_or(0).to_le_bytes());
+            let _ = rustix::io::write(w.as_fd(), &why);
             crate::sys::exit_now(127)
         }
         crate::sys::Forked::Parent(pid) => {
@@ -674,6 +683,10 @@ pub fn trial(exe: &ExecSelf, state: BorrowedFd<'_>, want: &[u8]) -> Result<(), T
                 _ => wait_child(pid)?,
             };
             let got = got?;
+            if got.len() == EXEC_FAILED.len() && got[0] == 0 {
+                let errno = i32::from_le_bytes(got[1..].try_into().unwrap());
+                return Err(TrialFailure::Exec(io::Error::from_raw_os_error(errno)));
+            }
             if got.is_empty() {
                 return Err(TrialFailure::NoAnswer(describe_status(status)));
             }

@@ -113,10 +113,14 @@ pub fn main() {
     // socket, the rules and the daemon's own descriptors are open, before
     // the readiness newline (see crate::sandbox).
     let rules_cfg = cfg.rules.clone();
+    let exe_path: Option<PathBuf> = cfg.exec.as_ref().map(|e| {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(e.path.to_bytes()))
+    });
     let cfg_verbosity = cfg.verbosity;
     let ready = || {
         if sandbox {
-            match crate::sandbox::confine(&rules_cfg) {
+            match crate::sandbox::confine(&rules_cfg, exe_path.as_deref()) {
                 Ok(short) => {
                     for s in short.into_iter().filter(|_| cfg_verbosity >= 1) {
                         match s {
