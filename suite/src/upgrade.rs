@@ -541,11 +541,14 @@ impl ExecSelf {
         let argv0 = args.first()?.clone();
         let path = if argv0.as_bytes().contains(&b'/') {
             let p = std::path::PathBuf::from(&argv0);
-            if p.is_absolute() {
+            let p = if p.is_absolute() {
                 Some(p)
             } else {
                 std::env::current_dir().ok().map(|d| d.join(p))
-            }
+            };
+            // `/dir/./prog` as `/dir/prog` (`..` kept: a symlink may be
+            // beneath it).
+            p.map(|p| p.components().collect())
         } else {
             std::env::var_os("PATH").and_then(|paths| {
                 std::env::split_paths(&paths)
