@@ -74,10 +74,18 @@ impl Installed {
     /// Starts the daemon from `dir/s6-fdholderd`, with `-1` and full
     /// rights, a descriptor limit of `nofile`.
     fn start(&self, args: &[&str], nofile: u32) -> Daemon {
+        self.start_with_rules(args, nofile, None)
+    }
+
+    /// [`Installed::start`] with `-x cdb` instead of the full rules.
+    fn start_with_rules(&self, args: &[&str], nofile: u32, cdb: Option<&Path>) -> Daemon {
         let ddir = common::tmpdir("upgrade").into_path();
         let sock = ddir.join("s");
         let listener = UnixListener::bind(&sock).unwrap();
-        let rules = common::full_rules(&ddir);
+        let (flag, rules) = match cdb {
+            Some(c) => ("-x", c.to_path_buf()),
+            None => ("-i", common::full_rules(&ddir)),
+        };
         // (Rust opens every descriptor close-on-exec: none leaks here.)
         let script = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
         let mut cmd = Command::new("bash");
@@ -86,7 +94,7 @@ impl Installed {
             .arg(self.dir.join("s6-fdholderd"))
             .arg("-1")
             .args(args)
-            .arg("-i")
+            .arg(flag)
             .arg(&rules)
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::piped())
@@ -578,4 +586,86 @@ fn upgrades_in_the_sandbox_keep_it_and_install_no_second_filter() {
     // Nothing else said: no sandbox warning after the upgrades.
     let e = d.stderr();
     assert!(e.lines().all(|l| l.contains("upgrade failed")), "{e}");
+}
+
+/// Compiles the rules directory `dir` into the cdb `cdb` (by rename).
+fn cdb_from(dir: &Path, cdb: &Path) {
+    let st = Command::new(common::ours("s6-accessrules-cdb-from-fs"))
+        .arg(cdb)
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn sighup_and_sigterm_after_an_upgrade() {
+    let bin = Installed::new();
+    let tmp = common::tmpdir("upgrade-cdb");
+    let rules = common::full_rules(tmp.path());
+    let cdb = tmp.join("rules.cdb");
+    cdb_from(&rules, &cdb);
+    let d = bin.start_with_rules(&["-S", "-v2", "-t", "60000"], 4096, Some(&cdb));
+    let _files = fill(&d, 10);
+    // A client in the middle of a request, with a -t deadline pending.
+    let half = Raw::connect(&d);
+    let req = proto::store(b"late", Tain::infinite_from(Tain::now()));
+    let mut bytes = wire::header(req.len(), 1).to_vec();
+    bytes.extend_from_slice(&req);
+    let f = std::fs::File::open("/dev/null").unwrap();
+    wire::send_some(
+        half.sock.as_fd(),
+        &[std::io::IoSlice::new(&bytes[..3])],
+        &[f.as_fd()],
+    )
+    .unwrap();
+    bin.install(&multicall());
+    upgrade(&d, &bin);
+    // SIGHUP reads the cdb again: now it denies us.
+    std::fs::remove_dir_all(&rules).unwrap();
+    common::deny(
+        &rules,
+        &format!("uid/{}", rustix::process::geteuid().as_raw()),
+    );
+    cdb_from(&rules, &cdb);
+    d.signal(rustix::process::Signal::HUP);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = Client::connect(&d.sock, dl())
+            .and_then(|mut c| c.list(dl()))
+            .is_err();
+        if refused {
+            break;
+        }
+        assert!(Instant::now() < end, "SIGHUP did not reload the cdb");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SIGTERM: lame duck, while the half request is finished; an upgrade
+    // is refused then.
+    d.signal(rustix::process::Signal::TERM);
+    // (Once it is in lame duck: signals pending together are read lowest
+    // first, SIGUSR2 before SIGTERM.)
+    let end = Instant::now() + Duration::from_secs(10);
+    while !d.stderr().contains("entering lame duck mode") {
+        assert!(Instant::now() < end, "no lame duck: {}", d.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let w = failed_upgrade(&d);
+    assert!(w.contains("in lame duck mode"), "{w}");
+    wire::send_some(
+        half.sock.as_fd(),
+        &[std::io::IoSlice::new(&bytes[3..])],
+        &[],
+    )
+    .unwrap();
+    let mut half = half;
+    assert_eq!(half.recv().0, [0], "the rights decided at accept were kept");
+    // It exits as soon as that answer is out: fds held (bit 0), that
+    // client still connected (bit 1).
+    let mut d = d;
+    assert_eq!(
+        common::wait_timeout(&mut d.child, Duration::from_secs(10)),
+        Some(3)
+    );
+    drop(half);
 }
