@@ -16,7 +16,7 @@
 //! input: requests are parsed by [`fdholder::proto::parse_request`], which
 //! checks every length.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -79,8 +79,6 @@ pub struct Config {
     /// How to execute the program again on SIGUSR2 (`None`: its path
     /// could not be found; SIGUSR2 then only warns).
     pub exec: Option<crate::upgrade::ExecSelf>,
-    /// The process confines itself (no `-S`).
-    pub sandbox: bool,
 }
 
 /// Writes the daemon's log lines to stderr.
@@ -279,9 +277,16 @@ impl Store {
             }
         };
         if let Some(t) = expiry {
-            self.by_limit.insert((t, slot));
+            self.index_expiry(t, slot);
         }
         slot
+    }
+
+    /// Indexes a finite expiry date (one copy of the B-tree's insert, for
+    /// a store and for the upgrade's restore).
+    #[inline(never)]
+    fn index_expiry(&mut self, t: Tain, slot: u32) {
+        self.by_limit.insert((t, slot));
     }
 
     /// Empties a slot and returns what it held.
@@ -587,61 +592,69 @@ pub fn run(
 
 impl Daemon<'_> {
     /// The whole state, for an upgrade.
+    #[inline(never)]
     fn save(&self) -> State {
         use std::os::fd::AsRawFd;
         let now = Instant::now();
         let re = |r: &Option<Rc<Regex>>| r.as_ref().map(|r| r.source().to_vec());
-        State {
+        let mut st = State {
             nonce: crate::upgrade::nonce(),
             listener: self.listener.as_raw_fd(),
-            sandboxed: self.cfg.sandbox,
             max: self.store.max as u64,
             own_fds: self.own_fds,
             watches: self.store.watches,
-            slots: (self.store.slots.iter())
-                .map(|s| {
-                    s.as_ref().map(|h| SavedHeld {
-                        fd: h.fd.as_raw_fd(),
-                        id: h.id.to_vec(),
-                        limit: h.limit,
-                        expiry: h.expiry,
-                        watch: match h.watch {
-                            Watch::Unmarked => SavedWatch::Unmarked,
-                            Watch::MarkedUnpollable => SavedWatch::MarkedUnpollable,
-                            Watch::Polled(_) => SavedWatch::Polled,
-                        },
-                    })
-                })
-                .collect(),
             free: self.store.free.clone(),
-            conns: (self.conns.iter())
-                .map(|c| {
-                    c.as_ref().map(|c| {
-                        let (bytes, fds) = c.rx.buffered();
-                        SavedConn {
-                            sock: c.sock.as_raw_fd(),
-                            store_re: re(&c.st.rights.store),
-                            retrieve_re: re(&c.st.rights.retrieve),
-                            list: c.st.rights.list,
-                            getdump: c.st.rights.getdump,
-                            setdump: c.st.rights.setdump,
-                            dumping: c.st.dumping,
-                            deadline_in: c.st.deadline.map(|d| d.saturating_duration_since(now)),
-                            rx: bytes.to_vec(),
-                            rx_fds: fds.map(|f| f.as_raw_fd()).collect(),
-                            tx: (c.st.tx.pending())
-                                .map(|m| SavedMsg {
-                                    header: m.header,
-                                    payload: m.payload.to_vec(),
-                                    written: m.written as u64,
-                                    fds: m.fds.iter().map(|f| f.as_raw_fd()).collect(),
-                                })
-                                .collect(),
-                        }
-                    })
-                })
-                .collect(),
+            ..State::default()
+        };
+        for s in &self.store.slots {
+            st.slots.push(s.as_ref().map(|h| SavedHeld {
+                fd: h.fd.as_raw_fd(),
+                id: h.id.to_vec(),
+                limit: h.limit,
+                expiry: h.expiry,
+                watch: match h.watch {
+                    Watch::Unmarked => SavedWatch::Unmarked,
+                    Watch::MarkedUnpollable => SavedWatch::MarkedUnpollable,
+                    Watch::Polled(_) => SavedWatch::Polled,
+                },
+            }));
         }
+        for c in &self.conns {
+            let Some(c) = c else {
+                st.conns.push(None);
+                continue;
+            };
+            let (bytes, fds) = c.rx.buffered();
+            let mut saved = SavedConn {
+                sock: c.sock.as_raw_fd(),
+                store_re: re(&c.st.rights.store),
+                retrieve_re: re(&c.st.rights.retrieve),
+                list: c.st.rights.list,
+                getdump: c.st.rights.getdump,
+                setdump: c.st.rights.setdump,
+                dumping: c.st.dumping,
+                deadline_in: c.st.deadline.map(|d| d.saturating_duration_since(now)),
+                rx: bytes.to_vec(),
+                ..SavedConn::default()
+            };
+            for f in fds {
+                saved.rx_fds.push(f.as_raw_fd());
+            }
+            for m in c.st.tx.pending() {
+                let mut msg = SavedMsg {
+                    header: m.header,
+                    payload: m.payload.to_vec(),
+                    written: m.written as u64,
+                    fds: Vec::new(),
+                };
+                for f in m.fds {
+                    msg.fds.push(f.as_raw_fd());
+                }
+                saved.tx.push(msg);
+            }
+            st.conns.push(Some(saved));
+        }
+        st
     }
 
     /// Every descriptor the state names (some more than once).
@@ -661,76 +674,56 @@ impl Daemon<'_> {
     /// SIGUSR2: executes the program at its path again, in this process,
     /// with the whole state; a failure at any step before the exec leaves
     /// this daemon serving, with a warning that says why.
-    fn upgrade(&mut self) {
-        let fail = |log: Log, why: std::fmt::Arguments<'_>| {
-            log.warn(format_args!("upgrade failed, still serving: {why}"))
-        };
-        let Some(exe) = self.cfg.exec.clone() else {
-            return fail(
-                self.log,
-                format_args!("the program's own path is not known"),
-            );
-        };
-        if self.lameduck.is_some() {
-            return fail(self.log, format_args!("in lame duck mode"));
-        }
-        let path = exe.path.to_string_lossy().into_owned();
-        self.log
-            .info(format_args!("received SIGUSR2, upgrading to {path}"));
-        let state = self.save();
-        let memfd = match crate::upgrade::seal(&state.encode()) {
-            Ok(fd) => fd,
-            Err(e) => {
-                return fail(
-                    self.log,
-                    format_args!(
-                        "unable to write the state to a memfd: {}",
-                        crate::cli::strerror(&e)
-                    ),
-                );
+    #[inline(never)]
+    fn upgrade(&self) {
+        use crate::upgrade::Failure;
+        let why = match &self.cfg.exec {
+            None => Failure::NoPath,
+            Some(_) if self.lameduck.is_some() => Failure::LameDuck,
+            Some(exe) => {
+                self.log.info(format_args!("received SIGUSR2, upgrading"));
+                self.try_upgrade(exe)
             }
         };
-        if let Err(f) = crate::upgrade::trial(&exe, memfd.as_fd(), &state.acknowledgement()) {
-            return fail(self.log, format_args!("{path}: {f}"));
+        self.log
+            .warn(format_args!("upgrade failed, still serving: {why}"));
+    }
+
+    /// The upgrade's steps; returns only on failure.
+    fn try_upgrade<'a>(&self, exe: &'a crate::upgrade::ExecSelf) -> crate::upgrade::Failure<'a> {
+        use crate::upgrade::{self as up, Failure};
+        let state = self.save();
+        let memfd = match up::seal(&state.encode()) {
+            Ok(fd) => fd,
+            Err(e) => return Failure::Memfd(e),
+        };
+        if let Err(f) = up::trial(exe, memfd.as_fd(), &state.acknowledgement()) {
+            return Failure::Trial(&exe.path, f);
         }
+        // Every descriptor but the listener is close-on-exec (received,
+        // accepted, created or adopted so); the listener, inherited as
+        // stdin, is not.
         let mut fds = self.state_fds();
         fds.push(memfd.as_fd());
-        let mut cleared = Vec::with_capacity(fds.len());
-        let mut r = Ok(());
-        for fd in fds {
-            match rustix::io::fcntl_getfd(fd).and_then(|fl| {
-                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map(|_| fl)
-            }) {
-                Ok(fl) => cleared.push((fd, fl)),
-                Err(e) => {
-                    r = Err(io::Error::from(e));
-                    break;
-                }
+        let set = |cloexec| {
+            for fd in &fds[1..] {
+                let _ = rustix::io::fcntl_setfd(fd, cloexec);
             }
-        }
-        let e = match r {
-            Ok(()) => crate::upgrade::exec(&exe, memfd.as_fd()),
-            Err(e) => e,
         };
-        // Still here: the exec failed. Back as it was (in reverse, so that
-        // a descriptor listed twice gets its first flags back).
-        for (fd, fl) in cleared.into_iter().rev() {
-            let _ = rustix::io::fcntl_setfd(fd, fl);
-        }
-        fail(
-            self.log,
-            format_args!("unable to exec {path}: {}", crate::cli::strerror(&e)),
-        );
+        set(rustix::io::FdFlags::empty());
+        let e = up::exec(exe, memfd.as_fd());
+        // Still here: the exec failed. Back as it was.
+        set(rustix::io::FdFlags::CLOEXEC);
+        Failure::Exec(&exe.path, e)
     }
 
     /// Takes up the state an upgrade left: every held fd in its slot, every
     /// connection where it was.
     fn restore(&mut self, s: State) -> io::Result<()> {
-        let mut shared: HashMap<i32, Rc<OwnedFd>> = HashMap::new();
-        let mut owned: HashSet<i32> = HashSet::new();
+        let mut adopted = Adopted(Vec::new());
         {
             use std::os::fd::AsRawFd;
-            owned.insert(self.listener.as_raw_fd());
+            *adopted.slot(self.listener.as_raw_fd()) = Adoption::Own;
         }
         self.store.max = usize::try_from(s.max).unwrap_or(usize::MAX);
         self.own_fds = s.own_fds;
@@ -741,27 +734,21 @@ impl Daemon<'_> {
                 continue;
             };
             let slot = slot as u32;
-            let fd = adopt_shared(&mut shared, &owned, h.fd)?;
+            let fd = adopted.shared(h.fd)?;
             let watch = match h.watch {
                 SavedWatch::Unmarked => Watch::Unmarked,
                 SavedWatch::MarkedUnpollable => Watch::MarkedUnpollable,
-                SavedWatch::Polled => match self.store.watch(fd.as_fd(), slot) {
-                    Ok(w) => w,
-                    Err(r) => {
-                        self.log.warn(format_args!(
-                            "after the upgrade, id {} cannot be watched for a hang-up: {}",
-                            String::from_utf8_lossy(&h.id),
-                            crate::cli::strerror(&io::Error::from_raw_os_error(r.errno()))
-                        ));
-                        Watch::MarkedUnpollable
-                    }
-                },
+                // Epoll took it before; if it cannot now (out of memory,
+                // max_user_watches), it is kept, no longer watched.
+                SavedWatch::Polled => {
+                    (self.store.watch(fd.as_fd(), slot)).unwrap_or(Watch::MarkedUnpollable)
+                }
             };
             if let Some(t) = h.expiry {
-                self.store.by_limit.insert((t, slot));
+                self.store.index_expiry(t, slot);
             }
             if self.store.by_id.insert(h.id.clone().into(), slot).is_some() {
-                return Err(io::Error::other("state: an id held twice"));
+                return Err(io::ErrorKind::InvalidData.into()); // an id held twice
             }
             self.store.slots.push(Some(Held {
                 id: h.id.into(),
@@ -776,14 +763,14 @@ impl Daemon<'_> {
         for (i, saved) in s.conns.into_iter().enumerate() {
             self.conns.push(None);
             let Some(c) = saved else { continue };
-            let sock = adopt_own(&shared, &mut owned, c.sock)?;
+            let sock = adopted.own(c.sock)?;
             let rx_fds = (c.rx_fds.iter())
-                .map(|&n| adopt_own(&shared, &mut owned, n))
+                .map(|&n| adopted.own(n))
                 .collect::<io::Result<Vec<_>>>()?;
             let mut tx = Sender::new();
             for m in c.tx {
                 let fds = (m.fds.iter())
-                    .map(|&n| adopt_shared(&mut shared, &owned, n))
+                    .map(|&n| adopted.shared(n))
                     .collect::<io::Result<Vec<_>>>()?;
                 tx.push_resumed(m.header, m.payload, m.written as usize, fds);
             }
@@ -793,11 +780,13 @@ impl Daemon<'_> {
                 setdump: c.setdump,
                 ..Rights::default()
             };
-            if let Some(p) = &c.store_re {
-                rights.store = self.compile("S6_FDHOLDER_STORE_REGEX", p);
-            }
-            if let Some(p) = &c.retrieve_re {
-                rights.retrieve = self.compile("S6_FDHOLDER_RETRIEVE_REGEX", p);
+            for (pattern, slot) in [
+                (&c.store_re, &mut rights.store),
+                (&c.retrieve_re, &mut rights.retrieve),
+            ] {
+                if let Some(p) = pattern {
+                    *slot = self.compile("regex", p);
+                }
             }
             self.conns[i] = Some(Conn {
                 sock,
@@ -1245,35 +1234,53 @@ impl Daemon<'_> {
     }
 }
 
-/// Adopts descriptor `n` of an upgrade's state that may be named more
-/// than once (a held fd, a fd queued in an answer): one `OwnedFd` for all.
-fn adopt_shared(
-    shared: &mut HashMap<i32, Rc<OwnedFd>>,
-    owned: &HashSet<i32>,
-    n: i32,
-) -> io::Result<Rc<OwnedFd>> {
-    if let Some(f) = shared.get(&n) {
-        return Ok(f.clone());
-    }
-    if owned.contains(&n) {
-        return Err(io::Error::other("state: a descriptor listed twice"));
-    }
-    let f = Rc::new(sys::adopt_fd(n)?);
-    shared.insert(n, f.clone());
-    Ok(f)
+/// The descriptors of an upgrade's state adopted so far, by number: each
+/// is adopted once (a held fd also queued in an answer is one `OwnedFd`).
+struct Adopted(Vec<Adoption>);
+
+enum Adoption {
+    None,
+    /// Held, or queued in an answer: may be named again.
+    Shared(Rc<OwnedFd>),
+    /// The listener, a connection's socket, a fd a client sent.
+    Own,
 }
 
-/// Adopts descriptor `n` of an upgrade's state that is named once (a
-/// connection's socket, a fd it sent).
-fn adopt_own(
-    shared: &HashMap<i32, Rc<OwnedFd>>,
-    owned: &mut HashSet<i32>,
-    n: i32,
-) -> io::Result<OwnedFd> {
-    if shared.contains_key(&n) || !owned.insert(n) {
-        return Err(io::Error::other("state: a descriptor listed twice"));
+fn listed_twice() -> io::Error {
+    io::ErrorKind::InvalidData.into()
+}
+
+impl Adopted {
+    /// The entry for `n` (the decoder has checked it is not negative).
+    fn slot(&mut self, n: i32) -> &mut Adoption {
+        let n = n as usize;
+        if self.0.len() <= n {
+            self.0.resize_with(n + 1, || Adoption::None);
+        }
+        &mut self.0[n]
     }
-    sys::adopt_fd(n)
+
+    fn shared(&mut self, n: i32) -> io::Result<Rc<OwnedFd>> {
+        match self.0.get(n as usize) {
+            Some(Adoption::Shared(f)) => return Ok(f.clone()),
+            Some(Adoption::Own) => return Err(listed_twice()),
+            _ => {}
+        }
+        // Adopted first: a number that is not open (EBADF) never grows
+        // the vector.
+        let f = Rc::new(sys::adopt_fd(n)?);
+        *self.slot(n) = Adoption::Shared(f.clone());
+        Ok(f)
+    }
+
+    fn own(&mut self, n: i32) -> io::Result<OwnedFd> {
+        if !matches!(self.0.get(n as usize), None | Some(Adoption::None)) {
+            return Err(listed_twice());
+        }
+        let f = sys::adopt_fd(n)?;
+        *self.slot(n) = Adoption::Own;
+        Ok(f)
+    }
 }
 
 /// Flushes answers and handles buffered requests while the answers go out

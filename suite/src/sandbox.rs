@@ -139,12 +139,13 @@ pub fn readable_dirs(rules: &RulesConfig) -> Vec<PathBuf> {
 /// rule on the old one would not cover) and of what it resolves to now;
 /// beneath the directory of every file mapped executable now (the
 /// dynamic loader, the C library: the new program needs them too); and
-/// the loader's cache, `/etc/ld.so.cache` (read only: a file).
-pub fn exec_paths(exe: Option<&Path>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+/// the loader's cache, [`LOADER_CACHE`], is granted apart (read only: a
+/// file).
+pub fn exec_dirs(exe: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut add = |d: Option<&Path>| {
         if let Some(d) = d.filter(|d| !d.as_os_str().is_empty()) {
-            if !dirs.iter().any(|x| x == d) {
+            if !dirs.iter().any(|x| x.as_os_str() == d.as_os_str()) {
                 dirs.push(d.to_path_buf());
             }
         }
@@ -155,24 +156,50 @@ pub fn exec_paths(exe: Option<&Path>) -> (Vec<PathBuf>, Vec<PathBuf>) {
             add(real.parent());
         }
     }
-    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
-        for line in maps.lines() {
-            let mut f = line.split_whitespace();
-            let perms = f.nth(1).unwrap_or("");
-            if let Some(path) = f.nth(3).filter(|p| p.starts_with('/')) {
-                if perms.contains('x') {
-                    add(Path::new(path).parent());
-                }
+    if let Some(maps) = read_proc("/proc/self/maps") {
+        use std::os::unix::ffi::OsStrExt;
+        // "start-end perms offset dev inode   path": the path from the
+        // first '/', for mappings whose perms have 'x'.
+        for line in maps.split(|&c| c == b'\n') {
+            let exec = (line.split(|&c| c == b' '))
+                .nth(1)
+                .is_some_and(|p| p.contains(&b'x'));
+            let path = line.iter().position(|&c| c == b'/').map(|i| &line[i..]);
+            if let (true, Some(path)) = (exec, path) {
+                add(Path::new(std::ffi::OsStr::from_bytes(path)).parent());
             }
         }
     }
-    (dirs, vec![PathBuf::from("/etc/ld.so.cache")])
+    dirs
+}
+
+/// The dynamic loader's cache, which the new program's loader reads.
+const LOADER_CACHE: &str = "/etc/ld.so.cache";
+
+/// A file of `/proc` (whose size `fstat` does not give), whole.
+fn read_proc(path: &str) -> Option<Vec<u8>> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Confines the calling process for good (see the module's doc). Call it
 /// once the listening socket and the rules are open, while the process is
 /// single-threaded. `exe`: the path the upgrade re-executes (see
-/// [`exec_paths`]).
+/// [`exec_dirs`]).
 pub fn confine(rules: &RulesConfig, exe: Option<&Path>) -> Result<Vec<Shortfall>, Failure> {
     let mut short = Vec::new();
     sys::set_no_new_privs().map_err(step("set no_new_privs"))?;
@@ -207,11 +234,14 @@ fn landlock(rules: &RulesConfig, exe: Option<&Path>, abi: u32) -> Result<(), Fai
     let fs = landlock_fs_rights(abi);
     let ruleset =
         sys::landlock_create_ruleset(fs, net, scoped).map_err(step("create a Landlock ruleset"))?;
-    let (exec_dirs, exec_files) = exec_paths(exe);
-    let grants = (readable_dirs(rules).into_iter())
-        .map(|d| (d, LANDLOCK_READ))
-        .chain(exec_dirs.into_iter().map(|d| (d, LANDLOCK_EXEC)))
-        .chain(exec_files.into_iter().map(|f| (f, LANDLOCK_READ_FILE)));
+    let mut grants = Vec::new();
+    for d in readable_dirs(rules) {
+        grants.push((d, LANDLOCK_READ));
+    }
+    for d in exec_dirs(exe) {
+        grants.push((d, LANDLOCK_EXEC));
+    }
+    grants.push((PathBuf::from(LOADER_CACHE), LANDLOCK_READ_FILE));
     for (dir, rights) in grants {
         // A directory that is not there now has nothing to grant: the
         // rules in it cannot be read then, sandbox or not.

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! magic "FDHSTATE" | version u32 | body length u64 | body | "END."
-//! body: nonce u64, listener fd i32, sandboxed u8, max u64, own_fds u64,
+//! body: nonce u64, listener fd i32, max u64, own_fds u64,
 //!       watches u32,
 //!       nslots u32, per slot: present u8, [fd i32, id bytes, limit 12
 //!         (TAIN, packed), has_expiry u8, [expiry 12], watch u8],
@@ -29,7 +29,7 @@
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use fdholder::tain::Tain;
@@ -123,9 +123,6 @@ pub struct State {
     pub nonce: u64,
     /// The listening socket.
     pub listener: i32,
-    /// The process is confined already (seccomp and Landlock survive
-    /// exec: the new program must not confine itself again).
-    pub sandboxed: bool,
     /// The held-fd limit settled at start (`-n` lowered to the room).
     pub max: u64,
     /// The daemon's own descriptors counted at start.
@@ -205,80 +202,81 @@ impl W {
     }
 }
 
+/// The reader: `None` is the end of the input, or, with `why` set, a
+/// field out of range.
 struct R<'a> {
     b: &'a [u8],
+    why: Option<&'static str>,
 }
 
 impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.b.len() < n {
-            return Err(DecodeError::Truncated);
+            return None;
         }
         let (h, t) = self.b.split_at(n);
         self.b = t;
-        Ok(h)
+        Some(h)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
+    fn bad<T>(&mut self, why: &'static str) -> Option<T> {
+        self.why = Some(why);
+        None
     }
-    fn bool(&mut self) -> Result<bool, DecodeError> {
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn bool(&mut self) -> Option<bool> {
         match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(DecodeError::Invalid("a flag is neither 0 nor 1")),
+            0 => Some(false),
+            1 => Some(true),
+            _ => self.bad("a flag"),
         }
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn i32(&mut self) -> Result<i32, DecodeError> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
     /// A count of items at least `min` bytes each: checked against what
     /// is left, so that a bad count allocates nothing large.
-    fn count(&mut self, min: usize) -> Result<usize, DecodeError> {
+    fn count(&mut self, min: usize) -> Option<usize> {
         let n = self.u32()? as usize;
-        if n.saturating_mul(min) > self.b.len() {
-            return Err(DecodeError::Truncated);
-        }
-        Ok(n)
+        (n.saturating_mul(min) <= self.b.len()).then_some(n)
     }
-    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+    fn bytes(&mut self) -> Option<Vec<u8>> {
         let n = self.count(1)?;
-        Ok(self.take(n)?.to_vec())
+        Some(self.take(n)?.to_vec())
     }
-    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        Ok(if self.bool()? {
+    fn opt_bytes(&mut self) -> Option<Option<Vec<u8>>> {
+        Some(if self.bool()? {
             Some(self.bytes()?)
         } else {
             None
         })
     }
-    fn fd(&mut self) -> Result<i32, DecodeError> {
-        match self.i32()? {
-            fd if fd >= 0 => Ok(fd),
-            _ => Err(DecodeError::Invalid("a negative descriptor")),
+    fn fd(&mut self) -> Option<i32> {
+        match self.u32()? {
+            fd if fd <= i32::MAX as u32 => Some(fd as i32),
+            _ => self.bad("a descriptor"),
         }
     }
-    fn fds(&mut self) -> Result<Vec<i32>, DecodeError> {
+    fn fds(&mut self) -> Option<Vec<i32>> {
         let n = self.count(4)?;
         (0..n).map(|_| self.fd()).collect()
     }
-    fn tain(&mut self) -> Result<Tain, DecodeError> {
-        Ok(Tain::unpack(self.take(12)?.try_into().unwrap()))
+    fn tain(&mut self) -> Option<Tain> {
+        Some(Tain::unpack(self.take(12)?.try_into().ok()?))
     }
 }
 
 impl State {
     /// The state in its binary form.
+    #[inline(never)]
     pub fn encode(&self) -> Vec<u8> {
         let mut w = W(Vec::with_capacity(64 + self.slots.len() * 48));
         w.u64(self.nonce);
         w.i32(self.listener);
-        w.u8(self.sandboxed as u8);
         w.u64(self.max);
         w.u64(self.own_fds);
         w.u32(self.watches);
@@ -358,27 +356,35 @@ impl State {
         if version != VERSION {
             return Err(DecodeError::Version(version));
         }
-        let mut r = R { b: &b[12..] };
-        let len = r.u64()?;
-        if len.checked_add(END.len() as u64) != Some(r.b.len() as u64) {
+        let mut r = R {
+            b: &b[12..],
+            why: None,
+        };
+        let body = r.u64().and_then(|len| {
+            (len.checked_add(END.len() as u64) == Some(r.b.len() as u64) && r.b.ends_with(END))
+                .then(|| &r.b[..len as usize])
+        });
+        let Some(body) = body else {
             return Err(DecodeError::Truncated);
+        };
+        let mut r = R { b: body, why: None };
+        match Self::body(&mut r) {
+            Some(s) if r.b.is_empty() => Ok(s),
+            Some(_) => Err(DecodeError::Invalid("trailing bytes")),
+            None => Err(r.why.map_or(DecodeError::Truncated, DecodeError::Invalid)),
         }
-        let (body, end) = r.b.split_at(len as usize);
-        if end != END {
-            return Err(DecodeError::Truncated);
-        }
-        let mut r = R { b: body };
+    }
+
+    fn body(r: &mut R<'_>) -> Option<State> {
         let mut s = State {
             nonce: r.u64()?,
             listener: r.fd()?,
-            sandboxed: r.bool()?,
             max: r.u64()?,
             own_fds: r.u64()?,
             watches: r.u32()?,
             ..State::default()
         };
-        let nslots = r.count(1)?;
-        for _ in 0..nslots {
+        for _ in 0..r.count(1)? {
             if !r.bool()? {
                 s.slots.push(None);
                 continue;
@@ -386,7 +392,7 @@ impl State {
             let fd = r.fd()?;
             let id = r.bytes()?;
             if id.is_empty() || id.len() > 255 || id.contains(&0) {
-                return Err(DecodeError::Invalid("a held id"));
+                return r.bad("a held id");
             }
             let limit = r.tain()?;
             let expiry = if r.bool()? { Some(r.tain()?) } else { None };
@@ -394,7 +400,7 @@ impl State {
                 0 => SavedWatch::Unmarked,
                 1 => SavedWatch::MarkedUnpollable,
                 2 => SavedWatch::Polled,
-                _ => return Err(DecodeError::Invalid("a hang-up mark")),
+                _ => return r.bad("a mark"),
             };
             s.slots.push(Some(SavedHeld {
                 fd,
@@ -404,20 +410,19 @@ impl State {
                 watch,
             }));
         }
-        let nfree = r.count(4)?;
-        for _ in 0..nfree {
+        for _ in 0..r.count(4)? {
             let f = r.u32()?;
             if s.slots.get(f as usize).is_none_or(Option::is_some) {
-                return Err(DecodeError::Invalid("a free slot"));
+                return r.bad("a free slot");
             }
             s.free.push(f);
         }
         if s.free.len() != s.slots.iter().filter(|x| x.is_none()).count() {
-            return Err(DecodeError::Invalid("the free slots"));
+            return r.bad("the free slots");
         }
         let nconns = r.count(1)?;
         if nconns > crate::daemon::MAXCONN_LIMIT as usize {
-            return Err(DecodeError::Invalid("too many connections"));
+            return r.bad("connections");
         }
         for _ in 0..nconns {
             if !r.bool()? {
@@ -441,9 +446,8 @@ impl State {
                 rx_fds: r.fds()?,
                 tx: Vec::new(),
             };
-            let nmsg = r.count(6 + 4 + 8 + 4)?;
-            for _ in 0..nmsg {
-                let header: [u8; 6] = r.take(6)?.try_into().unwrap();
+            for _ in 0..r.count(6 + 4 + 8 + 4)? {
+                let header: [u8; 6] = r.take(6)?.try_into().ok()?;
                 let payload = r.bytes()?;
                 let written = r.u64()?;
                 let fds = r.fds()?;
@@ -451,7 +455,7 @@ impl State {
                     || written > (6 + payload.len()) as u64
                     || (written > 0 && !fds.is_empty())
                 {
-                    return Err(DecodeError::Invalid("a queued answer"));
+                    return r.bad("a queued answer");
                 }
                 c.tx.push(SavedMsg {
                     header,
@@ -462,10 +466,7 @@ impl State {
             }
             s.conns.push(Some(c));
         }
-        if !r.b.is_empty() {
-            return Err(DecodeError::Invalid("bytes after the state"));
-        }
-        Ok(s)
+        Some(s)
     }
 
     /// What a trial run of a program that read this state writes back.
@@ -532,64 +533,77 @@ pub struct ExecSelf {
 
 impl ExecSelf {
     /// The program's own path and arguments: `argv[0]` if it has a `/`
-    /// (made absolute against the working directory, symlinks not
-    /// followed: a link repointed to a new binary takes it), else the
-    /// first executable of that name in `PATH`, else `/proc/self/exe`.
+    /// (as given: a relative path stays good, the daemon never changes
+    /// directory; symlinks are not followed, so a link repointed to a new
+    /// binary takes it), else `/proc/self/exe` as it resolves at start
+    /// (a program found through `PATH`: the binary it runs now).
     pub fn current() -> Option<ExecSelf> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
         let argv0 = args.first()?.clone();
         let path = if argv0.as_bytes().contains(&b'/') {
-            let p = std::path::PathBuf::from(&argv0);
-            let p = if p.is_absolute() {
-                Some(p)
-            } else {
-                std::env::current_dir().ok().map(|d| d.join(p))
-            };
-            // `/dir/./prog` as `/dir/prog` (`..` kept: a symlink may be
-            // beneath it).
-            p.map(|p| p.components().collect())
+            argv0.into_vec()
         } else {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .map(|d| d.join(&argv0))
-                    .find(|p| {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::metadata(p)
-                            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                    })
-            })
+            std::fs::read_link("/proc/self/exe")
+                .ok()?
+                .into_os_string()
+                .into_vec()
         };
-        let path = path.or_else(|| std::env::current_exe().ok())?;
         let argv = args
             .into_iter()
             .map(|a| CString::new(a.into_vec()).ok())
             .collect::<Option<Vec<_>>>()?;
         Some(ExecSelf {
-            path: CString::new(path.into_os_string().into_vec()).ok()?,
+            path: CString::new(path).ok()?,
             argv,
         })
     }
 
     /// The environment for the new program: this one's, without the
-    /// upgrade's variables, with `extra` added.
-    fn env(extra: &[(&str, String)]) -> Vec<CString> {
-        let mut env: Vec<CString> = crate::sys::environ()
-            .into_iter()
-            .filter(|kv| {
-                ![ENV_STATE_FD, ENV_STATE_CHECK]
-                    .iter()
-                    .any(|k| kv.starts_with(k.as_bytes()) && kv.get(k.len()) == Some(&b'='))
-            })
-            .filter_map(|kv| CString::new(kv).ok())
-            .collect();
-        for (k, v) in extra {
-            if let Ok(c) = CString::new(format!("{k}={v}")) {
-                env.push(c);
+    /// upgrade's variables (every `FDHOLDER_STATE_*`), with
+    /// `FDHOLDER_STATE_FD=fd` and, for a trial, `FDHOLDER_STATE_CHECK=0`.
+    fn env(fd: BorrowedFd<'_>, check: bool) -> Vec<CString> {
+        let mut env: Vec<CString> = Vec::new();
+        for kv in crate::sys::environ() {
+            if !kv.starts_with(b"FDHOLDER_STATE_") {
+                env.extend(CString::new(kv));
             }
         }
+        env.extend(CString::new(format!("{ENV_STATE_FD}={}", fd.as_raw_fd())));
+        if check {
+            env.extend(CString::new(format!("{ENV_STATE_CHECK}=0")));
+        }
         env
+    }
+}
+
+/// Why an upgrade failed (the daemon serves on).
+#[derive(Debug)]
+pub enum Failure<'a> {
+    /// The program's own path was not found at start.
+    NoPath,
+    /// After SIGTERM.
+    LameDuck,
+    /// The state could not be written.
+    Memfd(io::Error),
+    /// The new binary at that path failed the trial.
+    Trial(&'a std::ffi::CStr, TrialFailure),
+    /// The exec failed.
+    Exec(&'a std::ffi::CStr, io::Error),
+}
+
+impl fmt::Display for Failure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = crate::cli::strerror;
+        match self {
+            Failure::NoPath => f.write_str("the program's own path is not known"),
+            Failure::LameDuck => f.write_str("in lame duck mode"),
+            Failure::Memfd(err) => write!(f, "unable to write the state to a memfd: {}", e(err)),
+            Failure::Trial(p, t) => write!(f, "{}: {t}", p.to_string_lossy()),
+            Failure::Exec(x, err) => {
+                write!(f, "unable to exec {}: {}", x.to_string_lossy(), e(err))
+            }
+        }
     }
 }
 
@@ -603,11 +617,11 @@ pub enum TrialFailure {
     /// It did not answer in time ([`TRIAL_TIMEOUT`]).
     TimedOut,
     /// It exited without answering (its status).
-    NoAnswer(String),
+    NoAnswer(Exit),
     /// It answered, but not what this state asks.
     WrongAnswer(String),
     /// It answered, then exited with a failure.
-    Failed(String),
+    Failed(Exit),
 }
 
 impl fmt::Display for TrialFailure {
@@ -634,13 +648,17 @@ impl fmt::Display for TrialFailure {
     }
 }
 
-fn describe_status(st: rustix::process::WaitStatus) -> String {
-    if let Some(code) = st.exit_status() {
-        format!("exited {code}")
-    } else if let Some(sig) = st.terminating_signal() {
-        format!("was killed by signal {sig}")
-    } else {
-        "stopped".to_string()
+/// How the trial's child ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit(rustix::process::WaitStatus);
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.exit_status(), self.0.terminating_signal()) {
+            (Some(code), _) => write!(f, "exited {code}"),
+            (None, Some(sig)) => write!(f, "was killed by signal {sig}"),
+            _ => f.write_str("stopped"),
+        }
     }
 }
 
@@ -650,15 +668,12 @@ fn describe_status(st: rustix::process::WaitStatus) -> String {
 /// child's stdin is the answer pipe, not the listener, so that a binary
 /// that does not know the check (an older one) cannot serve on the
 /// listener: it fails, or is killed at the timeout.
+#[inline(never)]
 pub fn trial(exe: &ExecSelf, state: BorrowedFd<'_>, want: &[u8]) -> Result<(), TrialFailure> {
-    use std::os::fd::AsRawFd;
     let sys = TrialFailure::Sys;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| sys("create a pipe", e.into()))?;
-    let env = ExecSelf::env(&[
-        (ENV_STATE_FD, state.as_raw_fd().to_string()),
-        (ENV_STATE_CHECK, "0".to_string()),
-    ]);
+    let env = ExecSelf::env(state, true);
     match crate::sys::fork().map_err(|e| sys("fork", e))? {
         crate::sys::Forked::Child => {
             // Only async-signal-safe calls from here: nothing allocates.
@@ -691,7 +706,7 @@ pub fn trial(exe: &ExecSelf, state: BorrowedFd<'_>, want: &[u8]) -> Result<(), T
                 return Err(TrialFailure::Exec(io::Error::from_raw_os_error(errno)));
             }
             if got.is_empty() {
-                return Err(TrialFailure::NoAnswer(describe_status(status)));
+                return Err(TrialFailure::NoAnswer(Exit(status)));
             }
             if got != want {
                 return Err(TrialFailure::WrongAnswer(
@@ -699,7 +714,7 @@ pub fn trial(exe: &ExecSelf, state: BorrowedFd<'_>, want: &[u8]) -> Result<(), T
                 ));
             }
             if status.exit_status() != Some(0) {
-                return Err(TrialFailure::Failed(describe_status(status)));
+                return Err(TrialFailure::Failed(Exit(status)));
             }
             Ok(())
         }
@@ -756,34 +771,34 @@ fn read_answer(r: BorrowedFd<'_>, max: usize) -> Result<Vec<u8>, TrialFailure> {
 /// close-on-exec the caller has cleared, with that of every descriptor
 /// the state lists). Returns only on failure.
 pub fn exec(exe: &ExecSelf, state: BorrowedFd<'_>) -> io::Error {
-    use std::os::fd::AsRawFd;
-    let env = ExecSelf::env(&[(ENV_STATE_FD, state.as_raw_fd().to_string())]);
+    let env = ExecSelf::env(state, false);
     crate::sys::execve(&exe.path, &exe.argv, &env)
 }
 
-/// The trial run's side ([`ENV_STATE_CHECK`] set): reads the state named
-/// by [`ENV_STATE_FD`], writes the acknowledgement to the check
-/// descriptor and exits 0; exits 1 (with a warning) if it cannot read it.
-pub fn check_and_exit(prog: &crate::cli::Prog, check: &std::ffi::OsStr) -> ! {
-    let fd_of = |v: Option<&std::ffi::OsStr>| -> Option<BorrowedFd<'static>> {
-        let n: u32 = v?.to_str()?.parse().ok()?;
-        crate::sys::borrow_fd_number(n).ok()
-    };
-    let Some(out) = fd_of(Some(check)) else {
-        prog.die(111, "upgrade check: no answer descriptor")
-    };
-    let state = std::env::var_os(ENV_STATE_FD);
-    let Some(fd) = fd_of(state.as_deref()) else {
-        prog.die(111, "upgrade check: no state descriptor")
-    };
-    let bytes = read_all(fd).unwrap_or_else(|e| prog.die_unable(111, "read the state", &e));
-    match State::decode(&bytes) {
-        Ok(s) => {
-            let _ = rustix::io::write(out, &s.acknowledgement());
-            crate::sys::exit_now(0)
-        }
-        Err(e) => prog.die(1, format_args!("upgrade check: {e}")),
+/// A descriptor number from an environment variable.
+fn fd_var(name: &str) -> Option<i32> {
+    std::env::var_os(name)?.to_str()?.parse().ok()
+}
+
+/// The state an upgrading daemon left ([`ENV_STATE_FD`]), if any; dies 111
+/// if it cannot be read. In a trial run ([`ENV_STATE_CHECK`] set), writes
+/// the acknowledgement to that descriptor and exits 0 instead.
+pub fn inherited(prog: &crate::cli::Prog) -> Option<State> {
+    std::env::var_os(ENV_STATE_FD)?;
+    let fd = fd_var(ENV_STATE_FD)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+        .and_then(crate::sys::adopt_fd)
+        .and_then(|fd| read_all(fd.as_fd()))
+        .unwrap_or_else(|e| prog.die_unable(111, "read the upgrade's state", &e));
+    let state = State::decode(&fd)
+        .unwrap_or_else(|e| prog.die(111, format_args!("unable to resume after an upgrade: {e}")));
+    if let Some(out) = fd_var(ENV_STATE_CHECK) {
+        let out = crate::sys::borrow_fd_number(out as u32)
+            .unwrap_or_else(|e| prog.die_unable(111, "answer the upgrade's check", &e));
+        let _ = rustix::io::write(out, &state.acknowledgement());
+        crate::sys::exit_now(0);
     }
+    Some(state)
 }
 
 #[cfg(test)]
@@ -795,7 +810,6 @@ mod tests {
         State {
             nonce: 42,
             listener: 0,
-            sandboxed: true,
             max: 1000,
             own_fds: 3,
             watches: 7,

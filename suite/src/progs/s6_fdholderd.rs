@@ -17,28 +17,10 @@ const PROG: Prog = Prog {
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
-    // A trial run of this binary by an upgrading daemon: read the state,
-    // answer, touch nothing else.
-    if let Some(check) = std::env::var_os(crate::upgrade::ENV_STATE_CHECK) {
-        crate::upgrade::check_and_exit(&PROG, &check);
-    }
-    // After an upgrade: the state left by the previous program.
-    let resume = std::env::var_os(crate::upgrade::ENV_STATE_FD).map(|v| {
-        let fd = v
-            .to_str()
-            .and_then(|v| v.parse::<i32>().ok())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
-            .and_then(crate::sys::adopt_fd)
-            .unwrap_or_else(|e| PROG.die_unable(EXIT_SYS, "resume after an upgrade", &e));
-        let bytes = crate::upgrade::read_all(fd.as_fd())
-            .unwrap_or_else(|e| PROG.die_unable(EXIT_SYS, "read the upgrade's state", &e));
-        crate::upgrade::State::decode(&bytes).unwrap_or_else(|e| {
-            PROG.die(
-                EXIT_SYS,
-                format_args!("unable to resume after an upgrade: {e}"),
-            )
-        })
-    });
+    // After an upgrade: the state left by the previous program. In a
+    // trial run (the check variable set), answer and exit, touching
+    // nothing else.
+    let resume = crate::upgrade::inherited(&PROG);
     let (opts, _) = PROG.getopt("v:1Sc:n:i:x:t:T:");
     let mut cfg = Config {
         verbosity: 1,
@@ -48,7 +30,6 @@ pub fn main() {
         lameduck_timeout: None,
         rules: RulesConfig::Dir(PathBuf::new()),
         exec: crate::upgrade::ExecSelf::current(),
-        sandbox: true,
     };
     let mut rules = None;
     let mut notify = false;
@@ -68,7 +49,6 @@ pub fn main() {
             _ => PROG.die_usage(),
         }
     }
-    cfg.sandbox = sandbox;
     cfg.rules = rules.unwrap_or_else(|| PROG.die(EXIT_USAGE, "no access rights specified!"));
     cfg.maxconn = cfg.maxconn.clamp(1, MAXCONN_LIMIT);
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
