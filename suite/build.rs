@@ -40,6 +40,8 @@ const O_TRUNC: u64 = 0o1000;
 const PROT_EXEC: u64 = 0x4;
 const PR_GET_AUXV: u64 = 0x4155_5856;
 const SIGABRT: u64 = 6;
+const SIGKILL: u64 = 9;
+const MAP_ANONYMOUS: u64 = 0x20;
 
 /// An open flag argument that opens read-only and creates or truncates
 /// nothing.
@@ -100,10 +102,38 @@ const ALLOWED: &[(&str, Arch, Option<MaskedEq>)] = &[
     ("getpid", Arch::All, None),
     ("tgkill", Arch::All, Some((2, u32::MAX as u64, SIGABRT))),
     ("exit_group", Arch::All, None),
-    // Not allowed: execve/execveat. The in-place upgrade on SIGUSR2, when
-    // it comes, re-executes the daemon's own binary: it will need
-    // ("execve", Arch::All, None) here and Landlock's execute right on
-    // that one file (src/sandbox.rs).
+    // The in-place upgrade (SIGUSR2, src/upgrade.rs): the state in a
+    // sealed memfd, the trial run of the new binary (a pipe, fork, dup2 of
+    // the pipe to its stdin, wait, SIGKILL at the timeout), the exec.
+    ("memfd_create", Arch::All, None),
+    ("pipe2", Arch::All, None),
+    ("clone", Arch::All, None),
+    ("wait4", Arch::All, None),
+    ("kill", Arch::All, Some((1, u32::MAX as u64, SIGKILL))),
+    ("dup2", Arch::X86_64Only, None),
+    ("dup3", Arch::All, None),
+    ("execve", Arch::All, None),
+    // The new program's start (the filter stays across exec): the dynamic
+    // loader maps the libraries executable (file-backed mappings only:
+    // anonymous memory still never is), glibc sets up the thread, std
+    // seeds its hash maps; then the daemon's own set-up (getcwd for a
+    // relative argv[0], the signalfd, epoll, credentials, limits read,
+    // never set).
+    ("mmap", Arch::All, Some((3, MAP_ANONYMOUS, 0))),
+    ("arch_prctl", Arch::X86_64Only, None),
+    ("set_tid_address", Arch::All, None),
+    ("set_robust_list", Arch::All, None),
+    ("rseq", Arch::All, None),
+    ("prlimit64", Arch::All, Some((2, u32::MAX as u64, 0))),
+    ("getrandom", Arch::All, None),
+    ("pread64", Arch::All, None),
+    ("getcwd", Arch::All, None),
+    ("readlink", Arch::X86_64Only, None),
+    ("rt_sigaction", Arch::All, None),
+    ("signalfd4", Arch::All, None),
+    ("epoll_create1", Arch::All, None),
+    ("geteuid", Arch::All, None),
+    ("getegid", Arch::All, None),
 ];
 
 /// The release link of the `fdholder` binary on Linux with glibc: relative

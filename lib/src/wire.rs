@@ -300,6 +300,38 @@ impl<F: AsFd> Sender<F> {
         self.queue.len()
     }
 
+    /// The messages not yet fully written, oldest first, as an in-place
+    /// upgrade saves them: each one's header, payload, bytes of header +
+    /// payload already written, and descriptors not yet sent (none once
+    /// its first bytes are written).
+    pub fn pending(&self) -> impl Iterator<Item = PendingMessage<'_, F>> {
+        self.queue.iter().map(|m| PendingMessage {
+            header: m.header,
+            payload: &m.payload,
+            written: m.pos,
+            fds: &m.fds,
+        })
+    }
+
+    /// Queues a message saved by [`Sender::pending`], resuming it after
+    /// `written` bytes. A `written` past the message's end is taken as
+    /// its end (nothing more is sent of it).
+    pub fn push_resumed(
+        &mut self,
+        header: [u8; HEADER],
+        payload: Vec<u8>,
+        written: usize,
+        fds: Vec<F>,
+    ) {
+        let pos = written.min(HEADER + payload.len());
+        self.queue.push_back(Outgoing {
+            header,
+            payload,
+            pos,
+            fds,
+        });
+    }
+
     /// Writes as much as the socket takes. Returns `Ok(true)` when the queue
     /// is empty, `Ok(false)` when the socket would block (wait until it is
     /// writable and call again). `EINTR` is retried.
@@ -422,6 +454,20 @@ impl From<FrameError> for io::Error {
 /// ```
 pub type Frame<'a> = (&'a [u8], Vec<OwnedFd>);
 
+/// A queued message, as [`Sender::pending`] shows it.
+#[derive(Debug)]
+pub struct PendingMessage<'a, F> {
+    /// Its header (as queued: it announces the descriptors even after
+    /// they are sent).
+    pub header: [u8; HEADER],
+    /// Its payload.
+    pub payload: &'a [u8],
+    /// Bytes of header and payload already written.
+    pub written: usize,
+    /// Descriptors still to send with its first bytes.
+    pub fds: &'a [F],
+}
+
 /// Reassembles messages from a stream socket: [`Receiver::fill`] reads,
 /// [`Receiver::take_message`] hands out each complete message.
 ///
@@ -488,6 +534,29 @@ impl Receiver {
             max_len: max_len.min(MAX_LEN),
             initial,
         }
+    }
+
+    /// What is buffered and not yet taken (bytes of messages not yet
+    /// complete or not yet taken, and the descriptors received for them),
+    /// as an in-place upgrade saves it.
+    pub fn buffered(&self) -> (&[u8], impl Iterator<Item = BorrowedFd<'_>>) {
+        (
+            &self.buf[self.start..self.end],
+            self.fds.iter().map(|f| f.as_fd()),
+        )
+    }
+
+    /// A receiver like [`Receiver::new`] holding what
+    /// [`Receiver::buffered`] showed of another.
+    pub fn resumed(max_len: usize, bytes: &[u8], fds: Vec<OwnedFd>) -> Receiver {
+        let mut rx = Receiver::new(max_len);
+        if bytes.len() > rx.buf.len() {
+            rx.buf.resize(bytes.len(), 0);
+        }
+        rx.buf[..bytes.len()].copy_from_slice(bytes);
+        rx.end = bytes.len();
+        rx.fds = fds.into();
+        rx
     }
 
     /// Whether no partial message bytes nor descriptors are buffered.

@@ -29,6 +29,7 @@ use rustix::net::SocketFlags;
 
 use crate::rules::{CdbOpenError, CdbRules, Decision, Rules};
 use crate::sys::{self, Regex};
+use crate::upgrade::{SavedConn, SavedHeld, SavedMsg, SavedWatch, State};
 use fdholder::proto::{self, OnHangup, Request};
 use fdholder::tain::Tain;
 use fdholder::wire::{MAX_FDS, Receiver, Sender};
@@ -75,6 +76,9 @@ pub struct Config {
     pub lameduck_timeout: Option<Duration>,
     /// `-i` or `-x`.
     pub rules: RulesConfig,
+    /// How to execute the program again on SIGUSR2 (`None`: its path
+    /// could not be found; SIGUSR2 then only warns).
+    pub exec: Option<crate::upgrade::ExecSelf>,
 }
 
 /// Writes the daemon's log lines to stderr.
@@ -273,9 +277,16 @@ impl Store {
             }
         };
         if let Some(t) = expiry {
-            self.by_limit.insert((t, slot));
+            self.index_expiry(t, slot);
         }
         slot
+    }
+
+    /// Indexes a finite expiry date (one copy of the B-tree's insert, for
+    /// a store and for the upgrade's restore).
+    #[inline(never)]
+    fn index_expiry(&mut self, t: Tain, slot: u32) {
+        self.by_limit.insert((t, slot));
     }
 
     /// Empties a slot and returns what it held.
@@ -519,9 +530,10 @@ pub fn run(
     cfg: Config,
     rules: Rules,
     ready: impl FnOnce(),
+    resume: Option<State>,
 ) -> io::Result<i32> {
     sys::ignore_sigpipe()?;
-    let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP])?;
+    let signals = sys::signalfd(&[libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2])?;
     let fl = rustix::fs::fcntl_getfl(listener)?;
     rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
     let ep = Rc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
@@ -561,6 +573,12 @@ pub fn run(
         fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
         own_fds: OWN_FDS_ASSUMED,
     };
+    if let Some(state) = resume {
+        // After an upgrade: readiness was signalled (and the sandbox set)
+        // by the first program; the budget was settled then.
+        d.restore(state)?;
+        return d.main_loop();
+    }
     // The daemon's descriptors are counted before it says it is ready:
     // none is opened after (whoever counts them once it is ready sees them
     // settled). Stdout, if `ready` closes it, is then not counted.
@@ -573,6 +591,227 @@ pub fn run(
 }
 
 impl Daemon<'_> {
+    /// The whole state, for an upgrade.
+    #[inline(never)]
+    fn save(&self) -> State {
+        use std::os::fd::AsRawFd;
+        let now = Instant::now();
+        let re = |r: &Option<Rc<Regex>>| r.as_ref().map(|r| r.source().to_vec());
+        let mut st = State {
+            nonce: crate::upgrade::nonce(),
+            listener: self.listener.as_raw_fd(),
+            max: self.store.max as u64,
+            own_fds: self.own_fds,
+            watches: self.store.watches,
+            free: self.store.free.clone(),
+            ..State::default()
+        };
+        for s in &self.store.slots {
+            st.slots.push(s.as_ref().map(|h| SavedHeld {
+                fd: h.fd.as_raw_fd(),
+                id: h.id.to_vec(),
+                limit: h.limit,
+                expiry: h.expiry,
+                watch: match h.watch {
+                    Watch::Unmarked => SavedWatch::Unmarked,
+                    Watch::MarkedUnpollable => SavedWatch::MarkedUnpollable,
+                    Watch::Polled(_) => SavedWatch::Polled,
+                },
+            }));
+        }
+        for c in &self.conns {
+            let Some(c) = c else {
+                st.conns.push(None);
+                continue;
+            };
+            let (bytes, fds) = c.rx.buffered();
+            let mut saved = SavedConn {
+                sock: c.sock.as_raw_fd(),
+                store_re: re(&c.st.rights.store),
+                retrieve_re: re(&c.st.rights.retrieve),
+                list: c.st.rights.list,
+                getdump: c.st.rights.getdump,
+                setdump: c.st.rights.setdump,
+                dumping: c.st.dumping,
+                deadline_in: c.st.deadline.map(|d| d.saturating_duration_since(now)),
+                rx: bytes.to_vec(),
+                ..SavedConn::default()
+            };
+            for f in fds {
+                saved.rx_fds.push(f.as_raw_fd());
+            }
+            for m in c.st.tx.pending() {
+                let mut msg = SavedMsg {
+                    header: m.header,
+                    payload: m.payload.to_vec(),
+                    written: m.written as u64,
+                    fds: Vec::new(),
+                };
+                for f in m.fds {
+                    msg.fds.push(f.as_raw_fd());
+                }
+                saved.tx.push(msg);
+            }
+            st.conns.push(Some(saved));
+        }
+        st
+    }
+
+    /// Every descriptor the state names (some more than once).
+    fn state_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut v = vec![self.listener];
+        v.extend(self.store.iter().map(|h| h.fd.as_fd()));
+        for c in self.conns.iter().flatten() {
+            v.push(c.sock.as_fd());
+            v.extend(c.rx.buffered().1);
+            for m in c.st.tx.pending() {
+                v.extend(m.fds.iter().map(|f| f.as_fd()));
+            }
+        }
+        v
+    }
+
+    /// SIGUSR2: executes the program at its path again, in this process,
+    /// with the whole state; a failure at any step before the exec leaves
+    /// this daemon serving, with a warning that says why.
+    #[inline(never)]
+    fn upgrade(&self) {
+        use crate::upgrade::Failure;
+        let why = match &self.cfg.exec {
+            None => Failure::NoPath,
+            Some(_) if self.lameduck.is_some() => Failure::LameDuck,
+            Some(exe) => {
+                self.log.info(format_args!("received SIGUSR2, upgrading"));
+                self.try_upgrade(exe)
+            }
+        };
+        self.log
+            .warn(format_args!("upgrade failed, still serving: {why}"));
+    }
+
+    /// The upgrade's steps; returns only on failure.
+    fn try_upgrade<'a>(&self, exe: &'a crate::upgrade::ExecSelf) -> crate::upgrade::Failure<'a> {
+        use crate::upgrade::{self as up, Failure};
+        let state = self.save();
+        let memfd = match up::seal(&state.encode()) {
+            Ok(fd) => fd,
+            Err(e) => return Failure::Memfd(e),
+        };
+        if let Err(f) = up::trial(exe, memfd.as_fd(), &state.acknowledgement()) {
+            return Failure::Trial(&exe.path, f);
+        }
+        // Every descriptor but the listener is close-on-exec (received,
+        // accepted, created or adopted so); the listener, inherited as
+        // stdin, is not.
+        let mut fds = self.state_fds();
+        fds.push(memfd.as_fd());
+        let set = |cloexec| {
+            for fd in &fds[1..] {
+                let _ = rustix::io::fcntl_setfd(fd, cloexec);
+            }
+        };
+        set(rustix::io::FdFlags::empty());
+        let e = up::exec(exe, memfd.as_fd());
+        // Still here: the exec failed. Back as it was.
+        set(rustix::io::FdFlags::CLOEXEC);
+        Failure::Exec(&exe.path, e)
+    }
+
+    /// Takes up the state an upgrade left: every held fd in its slot, every
+    /// connection where it was.
+    fn restore(&mut self, s: State) -> io::Result<()> {
+        let mut adopted = Adopted(Vec::new());
+        {
+            use std::os::fd::AsRawFd;
+            *adopted.slot(self.listener.as_raw_fd()) = Adoption::Own;
+        }
+        self.store.max = usize::try_from(s.max).unwrap_or(usize::MAX);
+        self.own_fds = s.own_fds;
+        self.store.watches = s.watches;
+        for (slot, saved) in s.slots.into_iter().enumerate() {
+            let Some(h) = saved else {
+                self.store.slots.push(None);
+                continue;
+            };
+            let slot = slot as u32;
+            let fd = adopted.shared(h.fd)?;
+            let watch = match h.watch {
+                SavedWatch::Unmarked => Watch::Unmarked,
+                SavedWatch::MarkedUnpollable => Watch::MarkedUnpollable,
+                // Epoll took it before; if it cannot now (out of memory,
+                // max_user_watches), it is kept, no longer watched.
+                SavedWatch::Polled => {
+                    (self.store.watch(fd.as_fd(), slot)).unwrap_or(Watch::MarkedUnpollable)
+                }
+            };
+            if let Some(t) = h.expiry {
+                self.store.index_expiry(t, slot);
+            }
+            if self.store.by_id.insert(h.id.clone().into(), slot).is_some() {
+                return Err(io::ErrorKind::InvalidData.into()); // an id held twice
+            }
+            self.store.slots.push(Some(Held {
+                id: h.id.into(),
+                fd,
+                limit: h.limit,
+                expiry: h.expiry,
+                watch,
+            }));
+        }
+        self.store.free = s.free;
+        let now = Instant::now();
+        for (i, saved) in s.conns.into_iter().enumerate() {
+            self.conns.push(None);
+            let Some(c) = saved else { continue };
+            let sock = adopted.own(c.sock)?;
+            let rx_fds = (c.rx_fds.iter())
+                .map(|&n| adopted.own(n))
+                .collect::<io::Result<Vec<_>>>()?;
+            let mut tx = Sender::new();
+            for m in c.tx {
+                let fds = (m.fds.iter())
+                    .map(|&n| adopted.shared(n))
+                    .collect::<io::Result<Vec<_>>>()?;
+                tx.push_resumed(m.header, m.payload, m.written as usize, fds);
+            }
+            let mut rights = Rights {
+                list: c.list,
+                getdump: c.getdump,
+                setdump: c.setdump,
+                ..Rights::default()
+            };
+            for (pattern, slot) in [
+                (&c.store_re, &mut rights.store),
+                (&c.retrieve_re, &mut rights.retrieve),
+            ] {
+                if let Some(p) = pattern {
+                    *slot = self.compile("regex", p);
+                }
+            }
+            self.conns[i] = Some(Conn {
+                sock,
+                rx: Receiver::resumed(proto::MAX_REQUEST, &c.rx, rx_fds),
+                st: ConnState {
+                    tx,
+                    rights,
+                    dumping: c.dumping,
+                    deadline: c.deadline_in.map(|d| now + d),
+                },
+                interest: epoll::EventFlags::empty(),
+            });
+            self.nconns += 1;
+        }
+        // Each connection goes on where it was: answers flushed, requests
+        // already in handled, its interest registered.
+        for i in 0..self.conns.len() {
+            if self.conns[i].is_some() {
+                self.handle_conn(i, epoll::EventFlags::empty());
+            }
+        }
+        self.update_listener();
+        Ok(())
+    }
+
     fn main_loop(&mut self) -> io::Result<i32> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         loop {
@@ -672,6 +911,7 @@ impl Daemon<'_> {
                     }
                 }
                 libc::SIGHUP => self.reload_rules(),
+                libc::SIGUSR2 => self.upgrade(),
                 _ => {}
             }
         }
@@ -991,6 +1231,55 @@ impl Daemon<'_> {
             }
             c.interest = want;
         }
+    }
+}
+
+/// The descriptors of an upgrade's state adopted so far, by number: each
+/// is adopted once (a held fd also queued in an answer is one `OwnedFd`).
+struct Adopted(Vec<Adoption>);
+
+enum Adoption {
+    None,
+    /// Held, or queued in an answer: may be named again.
+    Shared(Rc<OwnedFd>),
+    /// The listener, a connection's socket, a fd a client sent.
+    Own,
+}
+
+fn listed_twice() -> io::Error {
+    io::ErrorKind::InvalidData.into()
+}
+
+impl Adopted {
+    /// The entry for `n` (the decoder has checked it is not negative).
+    fn slot(&mut self, n: i32) -> &mut Adoption {
+        let n = n as usize;
+        if self.0.len() <= n {
+            self.0.resize_with(n + 1, || Adoption::None);
+        }
+        &mut self.0[n]
+    }
+
+    fn shared(&mut self, n: i32) -> io::Result<Rc<OwnedFd>> {
+        match self.0.get(n as usize) {
+            Some(Adoption::Shared(f)) => return Ok(f.clone()),
+            Some(Adoption::Own) => return Err(listed_twice()),
+            _ => {}
+        }
+        // Adopted first: a number that is not open (EBADF) never grows
+        // the vector.
+        let f = Rc::new(sys::adopt_fd(n)?);
+        *self.slot(n) = Adoption::Shared(f.clone());
+        Ok(f)
+    }
+
+    fn own(&mut self, n: i32) -> io::Result<OwnedFd> {
+        if !matches!(self.0.get(n as usize), None | Some(Adoption::None)) {
+            return Err(listed_twice());
+        }
+        let f = sys::adopt_fd(n)?;
+        *self.slot(n) = Adoption::Own;
+        Ok(f)
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`rules`]: access rules (directory or cdb), by peer uid/gid;
 //! - [`daemon`]: the core of `s6-fdholderd`;
 //! - [`describe`]: what a held descriptor is (the describe request);
+//! - [`upgrade`]: the in-place upgrade (SIGUSR2): the state's format,
+//!   the trial run and the exec;
 //! - [`sandbox`]: what `s6-fdholderd` may do once started (seccomp,
 //!   Landlock), and confining it;
 //! - [`cli`]: what every program shares (arguments, getopt, messages, exit
@@ -31,3 +33,4 @@ pub mod rules;
 pub mod sandbox;
 pub mod sd;
 pub mod sys;
+pub mod upgrade;

@@ -37,6 +37,16 @@ include!(concat!(env!("OUT_DIR"), "/seccomp_filter.rs"));
 /// granted, beneath the rules' directory.
 pub const LANDLOCK_READ: u64 = (1 << 2) | (1 << 3);
 
+/// `LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_READ_FILE`: granted
+/// beneath the directories of the program's own path and of the files
+/// it runs from (the dynamic loader, the libraries), for the in-place
+/// upgrade to execute the new binary.
+pub const LANDLOCK_EXEC: u64 = (1 << 0) | (1 << 2);
+
+/// `LANDLOCK_ACCESS_FS_READ_FILE` alone (the right a rule on a file, not a
+/// directory, may grant of [`LANDLOCK_READ`]).
+const LANDLOCK_READ_FILE: u64 = 1 << 2;
+
 /// The newest Landlock ABI whose rights are all handled here (ABI 7 adds
 /// only audit-logging flags).
 pub const LANDLOCK_ABI_KNOWN: u32 = 6;
@@ -123,10 +133,74 @@ pub fn readable_dirs(rules: &RulesConfig) -> Vec<PathBuf> {
     dirs
 }
 
+/// What Landlock lets the daemon execute (and read), for the in-place
+/// upgrade: beneath the directory of `exe` (the path it re-executes, as
+/// given: a new binary is installed there by rename, a new inode that a
+/// rule on the old one would not cover) and of what it resolves to now;
+/// beneath the directory of every file mapped executable now (the
+/// dynamic loader, the C library: the new program needs them too); and
+/// the loader's cache, [`LOADER_CACHE`], is granted apart (read only: a
+/// file).
+pub fn exec_dirs(exe: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut add = |d: Option<&Path>| {
+        if let Some(d) = d.filter(|d| !d.as_os_str().is_empty()) {
+            if !dirs.iter().any(|x| x.as_os_str() == d.as_os_str()) {
+                dirs.push(d.to_path_buf());
+            }
+        }
+    };
+    if let Some(exe) = exe {
+        add(exe.parent());
+        if let Ok(real) = std::fs::canonicalize(exe) {
+            add(real.parent());
+        }
+    }
+    if let Some(maps) = read_proc("/proc/self/maps") {
+        use std::os::unix::ffi::OsStrExt;
+        // "start-end perms offset dev inode   path": the path from the
+        // first '/', for mappings whose perms have 'x'.
+        for line in maps.split(|&c| c == b'\n') {
+            let exec = (line.split(|&c| c == b' '))
+                .nth(1)
+                .is_some_and(|p| p.contains(&b'x'));
+            let path = line.iter().position(|&c| c == b'/').map(|i| &line[i..]);
+            if let (true, Some(path)) = (exec, path) {
+                add(Path::new(std::ffi::OsStr::from_bytes(path)).parent());
+            }
+        }
+    }
+    dirs
+}
+
+/// The dynamic loader's cache, which the new program's loader reads.
+const LOADER_CACHE: &str = "/etc/ld.so.cache";
+
+/// A file of `/proc` (whose size `fstat` does not give), whole.
+fn read_proc(path: &str) -> Option<Vec<u8>> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Confines the calling process for good (see the module's doc). Call it
 /// once the listening socket and the rules are open, while the process is
-/// single-threaded.
-pub fn confine(rules: &RulesConfig) -> Result<Vec<Shortfall>, Failure> {
+/// single-threaded. `exe`: the path the upgrade re-executes (see
+/// [`exec_dirs`]).
+pub fn confine(rules: &RulesConfig, exe: Option<&Path>) -> Result<Vec<Shortfall>, Failure> {
     let mut short = Vec::new();
     sys::set_no_new_privs().map_err(step("set no_new_privs"))?;
     match sys::landlock_abi() {
@@ -134,7 +208,7 @@ pub fn confine(rules: &RulesConfig) -> Result<Vec<Shortfall>, Failure> {
             if abi < LANDLOCK_ABI_KNOWN {
                 short.push(Shortfall::LandlockAbi(abi));
             }
-            landlock(rules, abi)?;
+            landlock(rules, exe, abi)?;
         }
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP)) => {
             short.push(Shortfall::NoLandlock)
@@ -154,13 +228,21 @@ pub fn confine(rules: &RulesConfig) -> Result<Vec<Shortfall>, Failure> {
     Ok(short)
 }
 
-fn landlock(rules: &RulesConfig, abi: u32) -> Result<(), Failure> {
+fn landlock(rules: &RulesConfig, exe: Option<&Path>, abi: u32) -> Result<(), Failure> {
     let net = if abi >= 4 { 0b11 } else { 0 }; // bind, connect TCP
     let scoped = if abi >= 6 { 0b11 } else { 0 }; // abstract Unix, signals
     let fs = landlock_fs_rights(abi);
     let ruleset =
         sys::landlock_create_ruleset(fs, net, scoped).map_err(step("create a Landlock ruleset"))?;
-    for dir in readable_dirs(rules) {
+    let mut grants = Vec::new();
+    for d in readable_dirs(rules) {
+        grants.push((d, LANDLOCK_READ));
+    }
+    for d in exec_dirs(exe) {
+        grants.push((d, LANDLOCK_EXEC));
+    }
+    grants.push((PathBuf::from(LOADER_CACHE), LANDLOCK_READ_FILE));
+    for (dir, rights) in grants {
         // A directory that is not there now has nothing to grant: the
         // rules in it cannot be read then, sandbox or not.
         let Ok(fd): Result<OwnedFd, _> = rustix::fs::open(
@@ -170,7 +252,7 @@ fn landlock(rules: &RulesConfig, abi: u32) -> Result<(), Failure> {
         ) else {
             continue;
         };
-        sys::landlock_allow_beneath(ruleset.as_fd(), fd.as_fd(), LANDLOCK_READ & fs)
+        sys::landlock_allow_beneath(ruleset.as_fd(), fd.as_fd(), rights & fs)
             .map_err(step("add a Landlock rule"))?;
     }
     sys::landlock_restrict_self(ruleset.as_fd()).map_err(step("enforce the Landlock ruleset"))

@@ -51,6 +51,8 @@ pub struct Regex {
     /// empty string at the start of any subject, so every search succeeds
     /// and `regexec` need not run. This is the usual "every id" right.
     matches_all: bool,
+    /// The pattern as given, for an in-place upgrade to compile it again.
+    source: Box<[u8]>,
 }
 
 impl Regex {
@@ -83,7 +85,13 @@ impl Regex {
         Ok(Regex {
             re,
             matches_all: pattern == b".*",
+            source: pattern.into(),
         })
+    }
+
+    /// The pattern it was compiled from (`.*` for the empty one).
+    pub fn source(&self) -> &[u8] {
+        &self.source
     }
 
     /// Whether the regex matches anywhere in `s` (unanchored search).
@@ -505,6 +513,27 @@ pub fn dup2_number(fd: std::os::fd::BorrowedFd<'_>, n: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Takes ownership of descriptor number `n`, inherited across an exec
+/// (an in-place upgrade names its descriptors by number in its state),
+/// after checking that it is open; marks it close-on-exec again. EBADF if
+/// it is not open.
+///
+/// The caller adopts each number at most once: nothing else in the
+/// process owns these descriptors.
+pub fn adopt_fd(n: i32) -> io::Result<OwnedFd> {
+    if n < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_SETFD on any integer is harmless; it fails with EBADF if
+    // `n` is not open.
+    if unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` is open (checked above), was inherited, and per this
+    // function's contract is owned by nothing else in the process.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// The process's environment as it stands, every `KEY=VALUE` string in

@@ -17,6 +17,10 @@ const PROG: Prog = Prog {
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
+    // After an upgrade: the state left by the previous program. In a
+    // trial run (the check variable set), answer and exit, touching
+    // nothing else.
+    let resume = crate::upgrade::inherited(&PROG);
     let (opts, _) = PROG.getopt("v:1Sc:n:i:x:t:T:");
     let mut cfg = Config {
         verbosity: 1,
@@ -25,6 +29,7 @@ pub fn main() {
         client_timeout: None,
         lameduck_timeout: None,
         rules: RulesConfig::Dir(PathBuf::new()),
+        exec: crate::upgrade::ExecSelf::current(),
     };
     let mut rules = None;
     let mut notify = false;
@@ -68,7 +73,10 @@ pub fn main() {
     // Without -1, stdout is closed at once; with -1, after the newline.
     // Nothing in this program writes to stdout otherwise.
     let stdout = io::stdout();
-    if notify {
+    if resume.is_some() {
+        // Readiness was signalled and stdout closed by the first program;
+        // descriptor 1 may now be anything of the state's.
+    } else if notify {
         if let Err(e) = rustix::io::fcntl_getfd(stdout.as_fd()) {
             PROG.die(
                 EXIT_USAGE,
@@ -85,10 +93,14 @@ pub fn main() {
     // socket, the rules and the daemon's own descriptors are open, before
     // the readiness newline (see crate::sandbox).
     let rules_cfg = cfg.rules.clone();
+    let exe_path: Option<PathBuf> = cfg.exec.as_ref().map(|e| {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(e.path.to_bytes()))
+    });
     let cfg_verbosity = cfg.verbosity;
     let ready = || {
         if sandbox {
-            match crate::sandbox::confine(&rules_cfg) {
+            match crate::sandbox::confine(&rules_cfg, exe_path.as_deref()) {
                 Ok(short) => {
                     for s in short.into_iter().filter(|_| cfg_verbosity >= 1) {
                         match s {
@@ -113,7 +125,7 @@ pub fn main() {
         }
         RulesConfig::Dir(_) => PROG.die_unable(EXIT_SYS, "open rules", &e),
     });
-    match daemon::run(listener, cfg, rules, ready) {
+    match daemon::run(listener, cfg, rules, ready, resume) {
         Ok(code) => std::process::exit(code),
         Err(e) => PROG.die(
             EXIT_SYS,
