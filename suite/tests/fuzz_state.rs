@@ -66,7 +66,7 @@ fn client_answers() {
 fn daemon_session() {
     run(
         "daemon_session",
-        1500,
+        200,
         200,
         0xd5,
         fuzzstate::daemon::session_from_bytes,
@@ -77,7 +77,7 @@ fn daemon_session() {
 fn rules_readers() {
     run(
         "rules_readers",
-        3000,
+        2000,
         200,
         0x7e,
         fuzzstate::rules::rules_from_bytes,
