@@ -486,7 +486,18 @@ impl Session {
         c.wait_since = None;
         c.could_drop = false;
         self.step += 1;
-        self.check_fds(&format!("{:?}", reqs.last()));
+        // Named by opcode: formatting the request at every answer would
+        // cost more than the exchange.
+        self.check_fds(match reqs.last() {
+            Some(Req::Store { .. }) => "store",
+            Some(Req::Delete { .. }) => "delete",
+            Some(Req::Retrieve { .. }) => "retrieve",
+            Some(Req::List) => "list",
+            Some(Req::GetDump) => "getdump",
+            Some(Req::SetDump { .. }) => "setdump",
+            Some(Req::Chunk { .. }) => "a setdump chunk",
+            Some(Req::Garbage) | None => "garbage",
+        });
     }
 
     /// Reads and checks the answer to `req`; false if the connection is
