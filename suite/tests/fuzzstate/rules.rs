@@ -65,7 +65,15 @@ fn content(inp: &mut Input<'_>) -> Vec<u8> {
             }
             v
         }
-        _ => inp.bytes((b >> 3) as usize),
+        x => {
+            let raw = inp.bytes((b >> 3) as usize);
+            if x % 2 == 0 {
+                // The bytes the envdir rules treat specially, often.
+                raw.into_iter().map(|c| b" \t\r\n\0a="[c as usize % 7]).collect()
+            } else {
+                raw
+            }
+        }
     }
 }
 
