@@ -392,13 +392,16 @@ impl Session {
             None,
         )
         .unwrap();
+        // Before connect: the daemon may accept (and start its `-t`
+        // deadline) before connect returns here.
+        let since = Instant::now();
         rustix::net::connect(&sock, &SocketAddrUnix::new(&self.path).unwrap()).unwrap();
         rustix::fs::fcntl_setfl(&sock, rustix::fs::OFlags::NONBLOCK).unwrap();
         self.conns[slot] = Some(Conn {
             sock,
             rx: Receiver::new(fdholder::wire::MAX_LEN),
             fresh: true,
-            wait_since: Some(Instant::now()),
+            wait_since: Some(since),
             last_done: None,
             dumping: 0,
             partial: None,

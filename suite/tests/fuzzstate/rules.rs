@@ -69,7 +69,9 @@ fn content(inp: &mut Input<'_>) -> Vec<u8> {
             let raw = inp.bytes((b >> 3) as usize);
             if x % 2 == 0 {
                 // The bytes the envdir rules treat specially, often.
-                raw.into_iter().map(|c| b" \t\r\n\0a="[c as usize % 7]).collect()
+                raw.into_iter()
+                    .map(|c| b" \t\r\n\0a="[c as usize % 7])
+                    .collect()
             } else {
                 raw
             }
