@@ -40,8 +40,8 @@ fn input(r: &mut Rng, max: usize) -> Vec<u8> {
     }
 }
 
+/// Runs `n` inputs through `f`; the caller holds [`FDS`].
 fn run(name: &str, n: usize, max: usize, salt: u64, f: impl Fn(&[u8])) {
-    let _g = FDS.lock().unwrap_or_else(|e| e.into_inner());
     let mut r = Rng(seed() ^ salt);
     for i in 0..n * scale() {
         let d = input(&mut r, max);
@@ -53,6 +53,8 @@ fn run(name: &str, n: usize, max: usize, salt: u64, f: impl Fn(&[u8])) {
 
 #[test]
 fn client_answers() {
+    // Held through the cleanup too: it opens directories.
+    let _g = FDS.lock().unwrap_or_else(|e| e.into_inner());
     run(
         "client_answers",
         3000,
@@ -64,6 +66,8 @@ fn client_answers() {
 
 #[test]
 fn daemon_session() {
+    // Held through the cleanup too: it opens directories.
+    let _g = FDS.lock().unwrap_or_else(|e| e.into_inner());
     run(
         "daemon_session",
         200,
@@ -71,10 +75,13 @@ fn daemon_session() {
         0xd5,
         fuzzstate::daemon::session_from_bytes,
     );
+    fuzzstate::daemon::cleanup();
 }
 
 #[test]
 fn rules_readers() {
+    // Held through the cleanup too: it opens directories.
+    let _g = FDS.lock().unwrap_or_else(|e| e.into_inner());
     run(
         "rules_readers",
         2000,
@@ -82,4 +89,5 @@ fn rules_readers() {
         0x7e,
         fuzzstate::rules::rules_from_bytes,
     );
+    fuzzstate::rules::cleanup();
 }

@@ -755,12 +755,19 @@ fn bump(t: Tain) -> Tain {
 
 fn scratch() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
+    let d = D.get_or_init(|| {
         let d = std::env::temp_dir().join(format!("fdholder-fuzz-session-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
         d
-    })
+    });
+    // Made again after a cleanup.
+    std::fs::create_dir_all(d).unwrap();
+    d
+}
+
+/// Removes this target's temp dir (the stable run's end).
+pub fn cleanup() {
+    let _ = std::fs::remove_dir_all(scratch());
 }
 
 fn write_rules(path: &std::path::Path, key: &str, d: &Decision) {

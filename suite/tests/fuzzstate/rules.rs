@@ -21,12 +21,19 @@ use super::{Input, open_fds, settle_fds};
 
 fn scratch() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
+    let d = D.get_or_init(|| {
         let d = std::env::temp_dir().join(format!("fdholder-fuzz-rules-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
         d
-    })
+    });
+    // Made again after a cleanup.
+    std::fs::create_dir_all(d).unwrap();
+    d
+}
+
+/// Removes this target's temp dir (the stable run's end).
+pub fn cleanup() {
+    let _ = std::fs::remove_dir_all(scratch());
 }
 
 /// What the model expects of one lookup: a decision, or an error.
