@@ -593,6 +593,19 @@ macro_rules! c_main {
     };
 }
 
+/// Sends `sig` to thread `tid` of this process (`tgkill`). Not used by the
+/// programs: the in-process fuzz target (suite/tests/fuzzstate/) signals
+/// the thread it runs [`crate::daemon::run`] in, whose signalfd takes it.
+#[doc(hidden)]
+pub fn signal_thread(tid: i32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: tgkill takes plain integers and touches no memory.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
