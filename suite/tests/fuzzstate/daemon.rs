@@ -865,15 +865,22 @@ pub fn session_from_bytes(data: &[u8]) {
         client_timeout: timeout,
         lameduck_timeout: None,
         rules: RulesConfig::Cdb(rules_path.clone()),
+        exec: None,
     };
     let rules = daemon::open_rules(&cfg.rules).unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let tid = rustix::thread::gettid().as_raw_nonzero().get();
-        let r = daemon::run(listener.as_fd(), cfg, rules, || {
-            ready_tx.send(tid).unwrap();
-        });
+        let r = daemon::run(
+            listener.as_fd(),
+            cfg,
+            rules,
+            || {
+                ready_tx.send(tid).unwrap();
+            },
+            None,
+        );
         drop(listener);
         let _ = done_tx.send(());
         r
