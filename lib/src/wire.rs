@@ -304,6 +304,17 @@ impl<F: AsFd> Sender<F> {
     /// upgrade saves them: each one's header, payload, bytes of header +
     /// payload already written, and descriptors not yet sent (none once
     /// its first bytes are written).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// use fdholder::wire::{header, Sender};
+    /// let mut tx: Sender<OwnedFd> = Sender::new();
+    /// tx.push(b"L".to_vec(), vec![]);
+    /// let m = tx.pending().next().unwrap();
+    /// assert_eq!((m.header, m.payload, m.written), (header(1, 0), &b"L"[..], 0));
+    /// ```
     pub fn pending(&self) -> impl Iterator<Item = PendingMessage<'_, F>> {
         self.queue.iter().map(|m| PendingMessage {
             header: m.header,
@@ -316,6 +327,19 @@ impl<F: AsFd> Sender<F> {
     /// Queues a message saved by [`Sender::pending`], resuming it after
     /// `written` bytes. A `written` past the message's end is taken as
     /// its end (nothing more is sent of it).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// use fdholder::wire::Sender;
+    /// let mut old: Sender<OwnedFd> = Sender::new();
+    /// old.push(b"L".to_vec(), vec![]);
+    /// let m = old.pending().next().unwrap();
+    /// let mut new: Sender<OwnedFd> = Sender::new();
+    /// new.push_resumed(m.header, m.payload.to_vec(), m.written, vec![]);
+    /// assert_eq!(new.len(), 1);
+    /// ```
     pub fn push_resumed(
         &mut self,
         header: [u8; HEADER],
@@ -455,6 +479,17 @@ impl From<FrameError> for io::Error {
 pub type Frame<'a> = (&'a [u8], Vec<OwnedFd>);
 
 /// A queued message, as [`Sender::pending`] shows it.
+///
+/// # Example
+///
+/// ```
+/// use std::os::fd::OwnedFd;
+/// use fdholder::wire::{PendingMessage, Sender};
+/// let mut tx: Sender<OwnedFd> = Sender::new();
+/// tx.push(b"?".to_vec(), vec![]);
+/// let m: PendingMessage<'_, OwnedFd> = tx.pending().next().unwrap();
+/// assert!(m.fds.is_empty());
+/// ```
 #[derive(Debug)]
 pub struct PendingMessage<'a, F> {
     /// Its header (as queued: it announces the descriptors even after
@@ -539,6 +574,23 @@ impl Receiver {
     /// What is buffered and not yet taken (bytes of messages not yet
     /// complete or not yet taken, and the descriptors received for them),
     /// as an in-place upgrade saves it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsFd;
+    /// use fdholder::wire::{header, Receiver, MAX_LEN};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (mut a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut rx = Receiver::new(MAX_LEN);
+    /// a.write_all(&header(1, 0)[..3])?; // half a header
+    /// rx.fill(b.as_fd())?;
+    /// let (bytes, fds) = rx.buffered();
+    /// assert_eq!((bytes, fds.count()), (&header(1, 0)[..3], 0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn buffered(&self) -> (&[u8], impl Iterator<Item = BorrowedFd<'_>>) {
         (
             &self.buf[self.start..self.end],
@@ -548,6 +600,26 @@ impl Receiver {
 
     /// A receiver like [`Receiver::new`] holding what
     /// [`Receiver::buffered`] showed of another.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsFd;
+    /// use fdholder::wire::{header, Receiver, MAX_LEN};
+    /// # fn main() -> std::io::Result<()> {
+    /// let (mut a, b) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut old = Receiver::new(MAX_LEN);
+    /// a.write_all(&header(1, 0)[..3])?; // half a header
+    /// old.fill(b.as_fd())?;
+    /// let mut new = Receiver::resumed(MAX_LEN, old.buffered().0, vec![]);
+    /// a.write_all(&header(1, 0)[3..])?; // the rest, and the payload
+    /// a.write_all(b"L")?;
+    /// new.fill(b.as_fd())?;
+    /// assert_eq!(new.take_message()?.map(|(p, _)| p.to_vec()), Some(b"L".to_vec()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn resumed(max_len: usize, bytes: &[u8], fds: Vec<OwnedFd>) -> Receiver {
         let mut rx = Receiver::new(max_len);
         if bytes.len() > rx.buf.len() {
