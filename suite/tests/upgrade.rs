@@ -669,3 +669,53 @@ fn sighup_and_sigterm_after_an_upgrade() {
     );
     drop(half);
 }
+
+/// The reference's clients cannot tell an upgrade happened: what its
+/// `s6-fdholder-store` stored (with and without an expiry) is listed by
+/// its `s6-fdholder-list` byte for byte as before, and its
+/// `s6-fdholder-retrieve` gets the same file back; its `-T` expiry still
+/// counts from the store.
+#[test]
+fn the_reference_clients_cannot_tell() {
+    let (Some(store), Some(list), Some(retrieve)) = (
+        common::reference("s6-fdholder-store"),
+        common::reference("s6-fdholder-list"),
+        common::reference("s6-fdholder-retrieve"),
+    ) else {
+        return;
+    };
+    let bin = Installed::new();
+    let d = bin.start(&[], 4096);
+    let dir = common::tmpdir("upgrade-ref");
+    let f = common::file_with(&dir, "f", b"held across the upgrade\n");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        out.stdout
+    };
+    for (id, args) in [
+        ("plain", &[][..]),
+        ("odd\tid", &[][..]),
+        ("timed", &["-T", "600000"][..]),
+    ] {
+        run(Command::new(&store)
+            .args(args)
+            .arg(&d.sock)
+            .arg(id)
+            .stdin(std::fs::File::open(dir.join("f")).unwrap()));
+    }
+    let listed = run(Command::new(&list).arg(&d.sock));
+    let held = holdings(&d);
+    let p = pid(&d);
+    bin.install(&multicall());
+    upgrade(&d, &bin);
+    assert_eq!(pid(&d), p);
+    assert_eq!(run(Command::new(&list).arg(&d.sock)), listed);
+    assert_eq!(holdings(&d), held);
+    for id in ["plain", "odd\tid", "timed"] {
+        let got = run(Command::new(&retrieve).arg(&d.sock).arg(id).arg("cat"));
+        assert_eq!(got, b"held across the upgrade\n", "{id}");
+    }
+    drop(f);
+    assert!(!d.stderr().contains("warning"), "{}", d.stderr());
+}
