@@ -781,8 +781,7 @@ fn fd_var(name: &str) -> Option<i32> {
 }
 
 /// The state an upgrading daemon left ([`ENV_STATE_FD`]), if any; dies 111
-/// if it cannot be read. In a trial run ([`ENV_STATE_CHECK`] set), writes
-/// the acknowledgement to that descriptor and exits 0 instead.
+/// if it cannot be read.
 pub fn inherited(prog: &crate::cli::Prog) -> Option<State> {
     std::env::var_os(ENV_STATE_FD)?;
     let fd = fd_var(ENV_STATE_FD)
@@ -792,13 +791,22 @@ pub fn inherited(prog: &crate::cli::Prog) -> Option<State> {
         .unwrap_or_else(|e| prog.die_unable(111, "read the upgrade's state", &e));
     let state = State::decode(&fd)
         .unwrap_or_else(|e| prog.die(111, format_args!("unable to resume after an upgrade: {e}")));
-    if let Some(out) = fd_var(ENV_STATE_CHECK) {
-        let out = crate::sys::borrow_fd_number(out as u32)
-            .unwrap_or_else(|e| prog.die_unable(111, "answer the upgrade's check", &e));
-        let _ = rustix::io::write(out, &state.acknowledgement());
-        crate::sys::exit_now(0);
-    }
     Some(state)
+}
+
+/// In a trial run ([`ENV_STATE_CHECK`] set): runs `check` (what would stop
+/// the program from serving and is not checked yet: it dies of a failure,
+/// and the trial fails with it), then writes the acknowledgement of
+/// `state` to that descriptor and exits 0. Otherwise returns at once.
+pub fn acknowledge_trial(prog: &crate::cli::Prog, state: &State, check: impl FnOnce()) {
+    let Some(out) = fd_var(ENV_STATE_CHECK) else {
+        return;
+    };
+    check();
+    let out = crate::sys::borrow_fd_number(out as u32)
+        .unwrap_or_else(|e| prog.die_unable(111, "answer the upgrade's check", &e));
+    let _ = rustix::io::write(out, &state.acknowledgement());
+    crate::sys::exit_now(0);
 }
 
 #[cfg(test)]

@@ -719,3 +719,41 @@ fn the_reference_clients_cannot_tell() {
     drop(f);
     assert!(!d.stderr().contains("warning"), "{}", d.stderr());
 }
+
+/// Rules the new program could not open (a cdb moved away, or not a cdb)
+/// fail the trial: the daemon keeps serving everything and says why;
+/// with the rules back, the upgrade goes through. Before, the trial
+/// passed (it answered before reading the rules) and the new program
+/// died of them, every held fd with it.
+#[test]
+fn rules_the_new_program_cannot_open_fail_the_trial() {
+    let bin = Installed::new();
+    let tmp = common::tmpdir("upgrade-nocdb");
+    let rules = common::full_rules(tmp.path());
+    let cdb = tmp.join("rules.cdb");
+    cdb_from(&rules, &cdb);
+    for sandbox in [&["-S"][..], &[][..]] {
+        let d = bin.start_with_rules(sandbox, 4096, Some(&cdb));
+        let _files = fill(&d, 10);
+        let held = holdings(&d);
+        let fds = baseline(&d);
+        let p = pid(&d);
+        bin.install(&multicall());
+        std::fs::rename(&cdb, tmp.join("away.cdb")).unwrap();
+        let w = failed_upgrade(&d);
+        assert!(w.contains("without acknowledging"), "{sandbox:?}: {w}");
+        assert!(d.stderr().contains("cdb_init"), "{}", d.stderr());
+        assert_eq!((pid(&d), holdings(&d)), (p, held.clone()));
+        assert_eq!(d.wait_fds(fds), fds);
+        // Not a cdb at all: the same.
+        std::fs::write(&cdb, b"\n").unwrap();
+        let w = failed_upgrade(&d);
+        assert!(w.contains("without acknowledging"), "{sandbox:?}: {w}");
+        assert_eq!(holdings(&d), held);
+        // The rules back: it upgrades, with everything.
+        std::fs::rename(tmp.join("away.cdb"), &cdb).unwrap();
+        upgrade(&d, &bin);
+        assert_eq!((pid(&d), holdings(&d)), (p, held));
+        assert_eq!(d.wait_fds(fds), fds);
+    }
+}

@@ -17,9 +17,7 @@ const PROG: Prog = Prog {
 
 /// The program: parses `std::env::args_os()` and exits or execs.
 pub fn main() {
-    // After an upgrade: the state left by the previous program. In a
-    // trial run (the check variable set), answer and exit, touching
-    // nothing else.
+    // After an upgrade: the state left by the previous program.
     let resume = crate::upgrade::inherited(&PROG);
     let (opts, _) = PROG.getopt("v:1Sc:n:i:x:t:T:");
     let mut cfg = Config {
@@ -61,6 +59,12 @@ pub fn main() {
     // fds can take the last descriptors and the daemon can then accept
     // nobody (not even to delete).
     cfg.maxfds = cfg.maxfds.max(1);
+    // A trial run of an upgrade (the check variable set): what would stop
+    // this program from serving (its options, the limit, its rules) has
+    // been checked or is now; then it answers and exits, touching nothing.
+    if let Some(state) = &resume {
+        crate::upgrade::acknowledge_trial(&PROG, state, || drop(open_rules(&cfg.rules)));
+    }
 
     let stdin = io::stdin();
     let listener = stdin.as_fd();
@@ -119,17 +123,40 @@ pub fn main() {
             crate::sys::close_stdout();
         }
     };
-    let rules = daemon::open_rules(&cfg.rules).unwrap_or_else(|e| match &cfg.rules {
-        RulesConfig::Cdb(f) => {
-            PROG.die_unable(EXIT_SYS, format_args!("cdb_init {}", f.display()), &e)
+    let rules = match (daemon::open_rules(&cfg.rules), &resume) {
+        (Ok(r), _) => r,
+        // After an upgrade (the trial read these rules a moment ago),
+        // nothing held may be lost for them: refuse every client until a
+        // SIGHUP reads them, as with an invalid cdb.
+        (Err(e), Some(_)) => {
+            PROG.warn(format_args!(
+                "unable to open the rules after the upgrade: {}: refusing every connection until SIGHUP reads them",
+                crate::cli::strerror(&e)
+            ));
+            crate::rules::Rules::RefuseAll(crate::rules::cdb::BadCdb)
         }
-        RulesConfig::Dir(_) => PROG.die_unable(EXIT_SYS, "open rules", &e),
-    });
+        (Err(e), None) => die_rules(&cfg.rules, &e),
+    };
     match daemon::run(listener, cfg, rules, ready, resume) {
         Ok(code) => std::process::exit(code),
         Err(e) => PROG.die(
             EXIT_SYS,
             format_args!("unable to run: {}", crate::cli::strerror(&e)),
         ),
+    }
+}
+
+/// The rules of `rules`, or death as the reference dies of them.
+fn open_rules(rules: &RulesConfig) -> crate::rules::Rules {
+    daemon::open_rules(rules).unwrap_or_else(|e| die_rules(rules, &e))
+}
+
+/// Dies of rules that cannot be opened, with the reference's message.
+fn die_rules(rules: &RulesConfig, e: &io::Error) -> ! {
+    match rules {
+        RulesConfig::Cdb(f) => {
+            PROG.die_unable(EXIT_SYS, format_args!("cdb_init {}", f.display()), e)
+        }
+        RulesConfig::Dir(_) => PROG.die_unable(EXIT_SYS, "open rules", e),
     }
 }
