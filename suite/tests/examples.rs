@@ -313,7 +313,7 @@ fn s6_example_walkthrough() {
     // README's /opt/fdholder/bin).
     let bin = root.join("bin");
     fs::create_dir(&bin).unwrap();
-    fs::copy(multicall(), bin.join("fdholder")).unwrap();
+    common::copy_executable(&multicall(), &bin.join("fdholder"));
     let out = Command::new(bin.join("fdholder"))
         .arg("--install")
         .arg(&bin)
@@ -604,7 +604,7 @@ fn s6_sd_service_example() {
     let root = tmp.path().canonicalize().unwrap();
     let bin = root.join("bin");
     fs::create_dir(&bin).unwrap();
-    fs::copy(multicall(), bin.join("fdholder")).unwrap();
+    common::copy_executable(&multicall(), &bin.join("fdholder"));
     let out = Command::new(bin.join("fdholder"))
         .arg("--install")
         .arg(&bin)

@@ -72,13 +72,11 @@ fn version_list_and_usage() {
     }
 }
 
-/// The multicall binary at `to`: a hard link where it can be (a fresh
-/// copy may meet ETXTBSY at its first exec while a concurrent test's fork
-/// still holds it open for writing), else a copy left a moment to settle.
+/// The multicall binary at `to`: a hard link where it can be, else a copy
+/// made by `cp` ([`common::copy_executable`]: no ETXTBSY at its first exec).
 fn place_binary(to: &Path) {
     if std::fs::hard_link(multicall(), to).is_err() {
-        std::fs::copy(multicall(), to).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        common::copy_executable(&multicall(), to);
     }
 }
 

@@ -114,11 +114,10 @@ fn store_order_after_equal_limits_expire() {
     assert_eq!(l[0], l[1]);
 }
 
-/// The multicall binary as `dir/fdholder`, hard-linked (or copied).
+/// The multicall binary as `dir/fdholder`, hard-linked (or copied by `cp`).
 fn place_binary(to: &std::path::Path) {
     if std::fs::hard_link(multicall(), to).is_err() {
-        std::fs::copy(multicall(), to).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        common::copy_executable(&multicall(), to);
     }
 }
 

@@ -353,6 +353,15 @@ pub fn run_cmd(cmd: &mut Command) -> Outcome {
     }
 }
 
+/// Copies the executable `from` to `to` with `cp`, not from this process:
+/// a copy written here could be inherited, open for writing, by a child
+/// that another test thread forks at that moment, and an exec of the copy
+/// would then fail with ETXTBSY until that child execs.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// A file to store: a regular file with known content, opened for reading.
 pub fn file_with(dir: &Path, name: &str, content: &[u8]) -> std::fs::File {
     let p = dir.join(name);
