@@ -101,7 +101,9 @@ fn procs_in(root: &Path) -> Vec<(i32, PathBuf)> {
     v
 }
 
-/// Copies a directory tree of directories and regular files (modes kept).
+/// Copies a directory tree of directories and regular files (modes kept;
+/// the files by `cp`: they are run scripts, see
+/// [`common::copy_executable`]).
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
@@ -111,7 +113,7 @@ fn copy_tree(from: &Path, to: &Path) {
         if ft.is_dir() {
             copy_tree(&e.path(), &dest);
         } else if ft.is_file() {
-            fs::copy(e.path(), &dest).unwrap();
+            common::copy_executable(&e.path(), &dest);
         } else {
             panic!(
                 "{}: neither a file nor a directory (was s6-svscan run on examples/s6 itself? \
