@@ -278,10 +278,9 @@ impl AsyncClient {
         id: &[u8],
         limit: Option<Tain>,
     ) -> io::Result<()> {
-        proto::check_id(id)?;
+        let payload = client::store_payload(id, limit, proto::OnHangup::Keep)?;
         self.begin()?;
-        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
-        self.send(proto::store(id, limit), vec![fd]).await?;
+        self.send(payload, vec![fd]).await?;
         self.recv_status().await
     }
 
@@ -318,10 +317,8 @@ impl AsyncClient {
         id: &[u8],
         limit: Option<Tain>,
     ) -> io::Result<()> {
-        proto::check_id(id)?;
+        let payload = client::store_payload(id, limit, proto::OnHangup::Drop)?;
         self.begin()?;
-        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
-        let payload = proto::store_marked(id, limit, proto::OnHangup::Drop);
         let r = match self.send(payload, vec![fd]).await {
             Ok(()) => self.recv_status().await,
             Err(e) => Err(e),

@@ -430,9 +430,8 @@ impl Client {
         limit: Option<Tain>,
         deadline: Deadline,
     ) -> io::Result<()> {
-        proto::check_id(id)?;
-        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
-        self.send(proto::store(id, limit), vec![fd], deadline)?;
+        let payload = store_payload(id, limit, proto::OnHangup::Keep)?;
+        self.send(payload, vec![fd], deadline)?;
         self.recv_status(deadline)
     }
 
@@ -473,9 +472,7 @@ impl Client {
         limit: Option<Tain>,
         deadline: Deadline,
     ) -> io::Result<()> {
-        proto::check_id(id)?;
-        let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
-        let payload = proto::store_marked(id, limit, proto::OnHangup::Drop);
+        let payload = store_payload(id, limit, proto::OnHangup::Drop)?;
         self.send(payload, vec![fd], deadline)
             .and_then(|()| self.recv_status(deadline))
             .map_err(marked_store_error)
@@ -731,6 +728,18 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A store request's payload, as both clients send it: `id` checked, no
+/// `limit` meaning none (the far future), the opcode of `on_hangup`.
+pub(crate) fn store_payload(
+    id: &[u8],
+    limit: Option<Tain>,
+    on_hangup: proto::OnHangup,
+) -> io::Result<Vec<u8>> {
+    proto::check_id(id)?;
+    let limit = limit.unwrap_or_else(|| Tain::infinite_from(Tain::now()));
+    Ok(proto::store_marked(id, limit, on_hangup))
 }
 
 /// Maps a marked store's failure: the connection closed under it (`EPIPE`
