@@ -196,6 +196,13 @@ impl AsyncClient {
         Ok(())
     }
 
+    /// The body of the first answer of a chunked exchange (getdump,
+    /// describe): a refusal is the whole answer, and leaves the client
+    /// usable; anything else leaves the exchange to finish.
+    fn chunked_answer_body<'a>(&mut self, ans: &'a [u8]) -> io::Result<&'a [u8]> {
+        proto::answer_error(ans).inspect_err(|_| self.broken = false)
+    }
+
     async fn send(&mut self, payload: Vec<u8>, fds: Vec<BorrowedFd<'_>>) -> io::Result<()> {
         let mut tx = Sender::new();
         tx.push(payload, fds);
@@ -453,14 +460,7 @@ impl AsyncClient {
         self.begin()?;
         self.send(vec![proto::OP_GETDUMP], vec![]).await?;
         let (ans, fds) = self.recv().await?;
-        let body = match proto::answer_error(&ans) {
-            Ok(b) => b,
-            Err(e) => {
-                // A refusal is the whole answer.
-                self.broken = false;
-                return Err(e);
-            }
-        };
+        let body = self.chunked_answer_body(&ans)?;
         let (chunks, total) = client::dump_header(body, &fds)?;
         let mut dump = Vec::with_capacity(total.min(1 << 16));
         for _ in 0..chunks {
@@ -495,14 +495,7 @@ impl AsyncClient {
         self.begin()?;
         self.send(vec![proto::OP_DESCRIBE], vec![]).await?;
         let (ans, fds) = self.recv().await.map_err(describe::first_answer_error)?;
-        let body = match proto::answer_error(&ans) {
-            Ok(b) => b,
-            Err(e) => {
-                // A refusal is the whole answer.
-                self.broken = false;
-                return Err(e);
-            }
-        };
+        let body = self.chunked_answer_body(&ans)?;
         let (chunks, total) = client::dump_header(body, &fds)?;
         let now = Tain::now();
         let mut held = Vec::with_capacity(total.min(1 << 16));

@@ -101,6 +101,19 @@ fn procs_in(root: &Path) -> Vec<(i32, PathBuf)> {
     v
 }
 
+/// Installs the suite in `bin` as the README says: the binary, and the
+/// program names linked to it by `fdholder --install`.
+fn install_suite(bin: &Path) {
+    fs::create_dir(bin).unwrap();
+    common::copy_executable(&multicall(), &bin.join("fdholder"));
+    let out = Command::new(bin.join("fdholder"))
+        .arg("--install")
+        .arg(bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fdholder --install: {out:?}");
+}
+
 /// Copies a directory tree of directories and regular files (modes kept;
 /// the files by `cp`: they are run scripts, see
 /// [`common::copy_executable`]).
@@ -314,14 +327,7 @@ fn s6_example_walkthrough() {
     // Install: the binary and its links in a directory of their own (the
     // README's /opt/fdholder/bin).
     let bin = root.join("bin");
-    fs::create_dir(&bin).unwrap();
-    common::copy_executable(&multicall(), &bin.join("fdholder"));
-    let out = Command::new(bin.join("fdholder"))
-        .arg("--install")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fdholder --install: {out:?}");
+    install_suite(&bin);
     for p in [
         "s6-fdholder-daemon",
         "s6-fdholderd",
@@ -605,14 +611,7 @@ fn s6_sd_service_example() {
     let tmp = TempDir::new("examples-sd");
     let root = tmp.path().canonicalize().unwrap();
     let bin = root.join("bin");
-    fs::create_dir(&bin).unwrap();
-    common::copy_executable(&multicall(), &bin.join("fdholder"));
-    let out = Command::new(bin.join("fdholder"))
-        .arg("--install")
-        .arg(&bin)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fdholder --install: {out:?}");
+    install_suite(&bin);
     let scan = root.join("scan");
     copy_tree(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/s6"),
