@@ -596,16 +596,7 @@ fn s6_sd_service_example() {
     if !have_debian_tools() {
         return;
     }
-    let python_systemd = Command::new("/usr/bin/python3")
-        .args(["-c", "import systemd.daemon"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !python_systemd {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3-systemd missing in CI"
-        );
-        common::loud("examples.rs: python3-systemd not installed");
+    if !common::have_python_systemd() {
         return;
     }
     let tmp = TempDir::new("examples-sd");

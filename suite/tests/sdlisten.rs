@@ -29,8 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    ALL_RIGHTS, Daemon, Impl, Outcome, TempDir, file_with, identity, loud, ours, rules_with,
-    wait_timeout,
+    ALL_RIGHTS, Daemon, Impl, Outcome, TempDir, file_with, identity, ours, rules_with, wait_timeout,
 };
 use fdholder::proto::{self, Request};
 use fdholder::wire::{MAX_LEN, Receiver, Sender};
@@ -38,31 +37,10 @@ use fdholder::wire::{MAX_LEN, Receiver, Sender};
 const USAGE: &str =
     "s6-fdholder-sdlisten: usage: s6-fdholder-sdlisten [ -t timeout ] [ -D ] path prefix prog...\n";
 
-/// Debian's Python, where `python3-systemd` installs (a `python3` earlier
-/// in `PATH` may be another one).
-const PYTHON: &str = "/usr/bin/python3";
+use common::PYTHON;
 
 fn sdlisten() -> PathBuf {
     ours("s6-fdholder-sdlisten")
-}
-
-/// Whether Debian's `python3-systemd` is there; loud when not, and a
-/// failure in CI, whose `.ci/run` installs it.
-fn have_python_systemd() -> bool {
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import systemd.daemon"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3-systemd is missing in CI: .ci/run must install it");
-        }
-        loud("python3-systemd is not installed (apt-get install python3-systemd)");
-    }
-    ok
 }
 
 /// The systemd service: what libsystemd finds, as JSON, then its pid and
@@ -196,7 +174,7 @@ impl Service {
 /// stays held, with `-D` what was handed over goes.
 #[test]
 fn python_systemd_gets_the_fds_their_names_and_its_pid() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -277,7 +255,7 @@ fn out_pid(out: &str) -> String {
 /// overwriting another.
 #[test]
 fn fds_in_the_way_are_moved_not_overwritten() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);

@@ -23,30 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Impl, TempDir, is_root, loud, ours, wait_timeout};
+use common::{Daemon, Impl, TempDir, is_root, ours, wait_timeout};
 
-/// Debian's Python, where `python3-systemd` installs.
-const PYTHON: &str = "/usr/bin/python3";
+use common::PYTHON;
 
 fn sdnotify() -> PathBuf {
     ours("s6-fdholder-sdnotify")
-}
-
-fn have_python_systemd() -> bool {
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import systemd.daemon"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3-systemd is missing in CI: .ci/run must install it");
-        }
-        loud("python3-systemd is not installed (apt-get install python3-systemd)");
-    }
-    ok
 }
 
 /// The driver: reports itself, then runs each line of stdin as a
@@ -252,7 +234,7 @@ fn held(d: &Daemon) -> Vec<String> {
 /// watcher or the daemon, the program runs on and a good datagram after
 /// is stored.
 fn hostile(opts: &[&str], stmt: &str, warning: &str) {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -300,7 +282,7 @@ fn truncated_control_data() {
 /// Sent by another process (the test): refused without `-a`.
 #[test]
 fn another_pid() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -345,7 +327,7 @@ fn send_from_here(path: &str, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) 
 /// which names no process: refused as no credentials, even with `-a`.
 #[test]
 fn no_credentials() {
-    if !is_root("no_credentials") || !have_python_systemd() {
+    if !is_root("no_credentials") || !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -443,7 +425,7 @@ fn garbage_bytes() {
 /// on and the watcher serves after.
 #[test]
 fn flood() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -490,7 +472,7 @@ fn flood() {
 /// does not have.
 #[test]
 fn ready_writes_one_newline_once() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -529,7 +511,7 @@ use std::os::unix::fs::OpenOptionsExt;
 /// `FDSTOREREMOVE=1` deletes every one of that name and nothing else.
 #[test]
 fn several_fds_one_name_and_remove() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -577,7 +559,7 @@ fn several_fds_one_name_and_remove() {
 /// (`NotifyAccess=main`), stored with `-a` (`NotifyAccess=all`).
 #[test]
 fn notify_access_main_and_all() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let from_child = "r, w = pipe(); c = os.fork(); \
@@ -602,7 +584,7 @@ fn notify_access_main_and_all() {
 /// queued, then exits; `s6-fdholder-list` shows it held.
 #[test]
 fn program_exit_drains_the_queue() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -712,7 +694,7 @@ fn scenario(service: &[&str]) {
 
 #[test]
 fn python_service_gets_listener_and_pipe_back_by_name() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     scenario(&[PYTHON, "-c", PY_SERVICE]);
@@ -829,7 +811,7 @@ fn sd_notify_and_listenfd_service() {
 /// both ends after the statement); one stored with `FDPOLL=0` stays.
 #[test]
 fn fdpoll_default_drops_on_hangup_and_fdpoll_0_keeps() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);
@@ -852,7 +834,7 @@ fn fdpoll_default_drops_on_hangup_and_fdpoll_0_keeps() {
 /// are stored unmarked, and that is said once.
 #[test]
 fn reference_daemon_stores_unmarked_said_once() {
-    if !have_python_systemd() || !common::have_reference() {
+    if !common::have_python_systemd() || !common::have_reference() {
         return;
     }
     let d = Daemon::start(Impl::Reference);
@@ -876,7 +858,7 @@ fn reference_daemon_stores_unmarked_said_once() {
 /// holder, numbering after what that one holds.
 #[test]
 fn holder_restart_between_datagrams() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let tmp = TempDir::new("sdnotify-restart");
@@ -999,7 +981,7 @@ fn the_program_gets_no_descriptor_of_ours() {
 /// after `FDSTOREREMOVE=1` there is room again.
 #[test]
 fn store_limit() {
-    if !have_python_systemd() {
+    if !common::have_python_systemd() {
         return;
     }
     let d = Daemon::start(Impl::Ours);

@@ -353,6 +353,29 @@ pub fn run_cmd(cmd: &mut Command) -> Outcome {
     }
 }
 
+/// Debian's Python, where `python3-systemd` installs (a `python3` earlier
+/// in `PATH` may be another one).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether Debian's `python3-systemd` is there; loud when not, and a
+/// failure in CI, whose `.ci/run` installs it.
+pub fn have_python_systemd() -> bool {
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import systemd.daemon"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("python3-systemd is missing in CI: .ci/run must install it");
+        }
+        loud("python3-systemd is not installed (apt-get install python3-systemd)");
+    }
+    ok
+}
+
 /// Copies the executable `from` to `to` with `cp`, not from this process:
 /// a copy written here could be inherited, open for writing, by a child
 /// that another test thread forks at that moment, and an exec of the copy
